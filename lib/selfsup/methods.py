@@ -1,0 +1,106 @@
+"""SimCLR, BYOL and Barlow Twins: an encoder, heads, and `loss(view1, view2) -> scalar`.
+
+BatchNorm choice (it changes what the statistics see, so it is stated, not implied):
+- SimCLR: ONE forward over both views concatenated (2B images), as SimCLR's global BN does,
+  so BN statistics mix the views and cannot leak which images pair up.
+- BYOL and Barlow Twins: ONE forward PER VIEW (B images each), as the authors' code does
+  (facebookresearch/barlowtwins main.py; BYOL's per-view online/target passes).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from . import losses
+from .config import Config
+from .models import backbone, mlp
+
+
+class SimCLR(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
+        self.feature_dim = dim
+        h = cfg.heads
+        self.projector = mlp([dim, h["proj_hidden"], h["proj_dim"]])
+        self.temperature = cfg.temperature
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z = self.projector(self.encoder(torch.cat([v1, v2])))  # (2B, D): one BN pass over both views
+        z1, z2 = z.chunk(2)
+        return losses.nt_xent(z1, z2, self.temperature)
+
+    def step_target(self, progress: float) -> None:
+        pass
+
+
+class BYOL(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
+        self.feature_dim = dim
+        h = cfg.heads
+        self.projector = mlp([dim, h["proj_hidden"], h["proj_dim"]])
+        self.predictor = mlp([h["proj_dim"], h["pred_hidden"], h["proj_dim"]])
+        # The target network: an EMA of encoder + projector, never trained by gradients.
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.base_momentum = cfg.byol_momentum
+        self.momentum = cfg.byol_momentum
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        p1 = self.predictor(self.projector(self.encoder(v1)))  # per-view forwards (per-view BN)
+        p2 = self.predictor(self.projector(self.encoder(v2)))
+        with torch.no_grad():
+            t1 = self.target_projector(self.target_encoder(v1))
+            t2 = self.target_projector(self.target_encoder(v2))
+        # Symmetrised: each view's prediction regresses the other view's target.
+        return losses.byol_loss(p1, t2) + losses.byol_loss(p2, t1)
+
+    @torch.no_grad()
+    def step_target(self, progress: float) -> None:
+        """EMA update after an optimizer step; momentum rises from base to 1 on a cosine (BYOL eq. 6)."""
+        self.momentum = 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+        online = list(self.encoder.parameters()) + list(self.projector.parameters())
+        target = list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
+        torch._foreach_lerp_(target, online, 1 - self.momentum)
+        # BN running statistics are copied, not averaged (they are not trained weights).
+        for t, o in zip(self._buffers_of_target(), self._buffers_of_online()):
+            t.copy_(o)
+
+    def _buffers_of_online(self):
+        return list(self.encoder.buffers()) + list(self.projector.buffers())
+
+    def _buffers_of_target(self):
+        return list(self.target_encoder.buffers()) + list(self.target_projector.buffers())
+
+
+class BarlowTwins(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
+        self.feature_dim = dim
+        h = cfg.heads
+        # Three layers as in the paper; the loss standardises z like the authors' BN(affine=False).
+        self.projector = mlp([dim, h["proj_hidden"], h["proj_hidden"], h["proj_dim"]])
+        self.lambd = cfg.barlow_lambda
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z1 = self.projector(self.encoder(v1))  # per-view forwards (per-view BN)
+        z2 = self.projector(self.encoder(v2))
+        return losses.barlow_twins_loss(z1, z2, self.lambd)
+
+    def step_target(self, progress: float) -> None:
+        pass
+
+
+METHODS = {"simclr": SimCLR, "byol": BYOL, "barlow": BarlowTwins}
+
+
+def build_method(cfg: Config) -> nn.Module:
+    """The method named by cfg.method, randomly initialised from the current torch RNG."""
+    return METHODS[cfg.method](cfg)

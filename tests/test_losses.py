@@ -1,0 +1,164 @@
+"""Each loss pinned three ways: an independent slow reference, an analytic value, an invariance."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup.losses import barlow_twins_loss, byol_loss, nt_xent
+
+RTOL = 1e-5
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- NT-Xent ---------------------------------------------------------------------------------
+
+
+def nt_xent_algorithm1(z1, z2, tau):
+    """SimCLR paper, Algorithm 1, as plain loops in numpy: views 2k and 2k+1 are a positive pair."""
+    z = np.empty((2 * len(z1), z1.shape[1]))
+    z[0::2], z[1::2] = z1, z2
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z)
+
+    def s(i, j):
+        return float(z[i] @ z[j])
+
+    def ell(i, j):
+        denom = sum(math.exp(s(i, k) / tau) for k in range(n) if k != i)
+        return -math.log(math.exp(s(i, j) / tau) / denom)
+
+    return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n // 2)) / n
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.1, 0.5, 1.0])
+def test_nt_xent_matches_algorithm1(tau):
+    z1, z2 = randn(7, 5, seed=1), randn(7, 5, seed=2)
+    ref = nt_xent_algorithm1(z1.numpy(), z2.numpy(), tau)
+    assert nt_xent(z1, z2, tau).item() == pytest.approx(ref, rel=RTOL)
+    # float32 inputs too (the training dtype)
+    assert nt_xent(z1.float(), z2.float(), tau).item() == pytest.approx(ref, rel=RTOL)
+
+
+def test_nt_xent_analytic_orthonormal_pairs():
+    # Both views equal to distinct orthonormal vectors: positive similarity 1, all 2B-2 negatives 0,
+    # so loss = -log(e^{1/t} / (e^{1/t} + 2B - 2)) = log(1 + (2B - 2) e^{-1/t}).
+    b, tau = 6, 0.5
+    z = torch.eye(8, dtype=torch.float64)[:b]
+    expected = math.log(1 + (2 * b - 2) * math.exp(-1 / tau))
+    assert nt_xent(z, z.clone(), tau).item() == pytest.approx(expected, rel=RTOL)
+
+
+def test_nt_xent_invariances():
+    z1, z2 = randn(9, 4, seed=3), randn(9, 4, seed=4)
+    base = nt_xent(z1, z2, 0.2)
+    q, _ = torch.linalg.qr(randn(4, 4, seed=5))  # a rotation of embedding space
+    scale = torch.rand(9, 1, dtype=torch.float64) + 0.5  # per-embedding positive scale
+    perm = torch.randperm(9)  # the order of images in the batch
+    assert nt_xent(z1 @ q, z2 @ q, 0.2).item() == pytest.approx(base.item(), rel=RTOL)
+    assert nt_xent(z1 * scale, z2 * 3, 0.2).item() == pytest.approx(base.item(), rel=RTOL)
+    assert nt_xent(z1[perm], z2[perm], 0.2).item() == pytest.approx(base.item(), rel=RTOL)
+    assert nt_xent(z2, z1, 0.2).item() == pytest.approx(base.item(), rel=RTOL)  # symmetric in views
+
+
+def test_nt_xent_accepts_bf16_and_returns_fp32():
+    z1, z2 = randn(8, 16, seed=6), randn(8, 16, seed=7)
+    out = nt_xent(z1.bfloat16(), z2.bfloat16(), 0.1)
+    assert out.dtype == torch.float32 and out.ndim == 0
+    assert out.item() == pytest.approx(nt_xent(z1, z2, 0.1).item(), rel=0.05)
+
+
+# --- BYOL ------------------------------------------------------------------------------------
+
+
+def test_byol_matches_reference():
+    p, z = randn(10, 6, seed=8), randn(10, 6, seed=9)
+    pn, zn = p.numpy(), z.numpy()
+    ref = np.mean([2 - 2 * (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)) for a, b in zip(pn, zn)])
+    assert byol_loss(p, z).item() == pytest.approx(ref, rel=RTOL)
+
+
+def test_byol_analytic_values():
+    p = randn(5, 3, seed=10)
+    assert byol_loss(p, 2 * p).item() == pytest.approx(0.0, abs=1e-12)  # aligned
+    assert byol_loss(p, -p).item() == pytest.approx(4.0, rel=RTOL)  # opposite
+    e = torch.eye(2, dtype=torch.float64)
+    assert byol_loss(e[:1], e[1:]).item() == pytest.approx(2.0, rel=RTOL)  # orthogonal
+
+
+def test_byol_scale_invariant():
+    p, z = randn(10, 6, seed=11), randn(10, 6, seed=12)
+    s = torch.rand(10, 1, dtype=torch.float64) + 0.1
+    assert byol_loss(p * s, z * 7).item() == pytest.approx(byol_loss(p, z).item(), rel=RTOL)
+
+
+# --- Barlow Twins ----------------------------------------------------------------------------
+
+
+def barlow_twins_authors(z1, z2, lambd):
+    """facebookresearch/barlowtwins main.py: BatchNorm1d(affine=False) in train mode, then c."""
+    bn = torch.nn.BatchNorm1d(z1.shape[1], affine=False).double().train()
+    c = bn(z1).T @ bn(z2) / z1.shape[0]
+    on_diag = torch.diagonal(c).add(-1).pow(2).sum()
+    n = c.shape[0]
+    off_diag = c.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten().pow(2).sum()
+    return (on_diag + lambd * off_diag).item()
+
+
+def barlow_twins_loops(z1, z2, lambd, eps=1e-5):
+    """The same loss as explicit sums over features i, j and samples b, in numpy."""
+    b, d = z1.shape
+    a = (z1 - z1.mean(0)) / np.sqrt(z1.var(0) + eps)
+    c = (z2 - z2.mean(0)) / np.sqrt(z2.var(0) + eps)
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            cij = sum(a[k, i] * c[k, j] for k in range(b)) / b
+            loss += (1 - cij) ** 2 if i == j else lambd * cij**2
+    return loss
+
+
+@pytest.mark.parametrize("lambd", [5e-3, 0.1])
+def test_barlow_twins_matches_authors_and_loops(lambd):
+    z1, z2 = randn(16, 6, seed=13), randn(16, 6, seed=14)
+    ours = barlow_twins_loss(z1, z2, lambd).item()
+    assert ours == pytest.approx(barlow_twins_authors(z1, z2, lambd), rel=RTOL)
+    assert ours == pytest.approx(barlow_twins_loops(z1.numpy(), z2.numpy(), lambd), rel=RTOL)
+
+
+def test_barlow_twins_analytic_identity():
+    # Walsh columns: zero mean, unit (biased) variance, mutually orthogonal. With identical views
+    # c = I / (1 + eps) exactly, so the loss is D * (1 - 1/(1 + eps))^2 and off-diagonals vanish.
+    z = torch.tensor([[1, 1, 1, 1, -1, -1, -1, -1],
+                      [1, 1, -1, -1, 1, 1, -1, -1],
+                      [1, -1, 1, -1, 1, -1, 1, -1],
+                      [1, -1, -1, 1, 1, -1, -1, 1]], dtype=torch.float64).T  # (B=8, D=4)
+    expected = 4 * (1 - 1 / (1 + 1e-5)) ** 2
+    assert barlow_twins_loss(z, z.clone(), 5e-3).item() == pytest.approx(expected, rel=1e-6)
+    # Anti-correlated views: c = -I / (1 + eps), so each diagonal term is (1 + 1/(1 + eps))^2.
+    expected_anti = 4 * (1 + 1 / (1 + 1e-5)) ** 2
+    assert barlow_twins_loss(z, -z, 5e-3).item() == pytest.approx(expected_anti, rel=RTOL)
+
+
+def test_barlow_twins_invariant_to_feature_affine():
+    z1, z2 = randn(32, 5, seed=15), randn(32, 5, seed=16)
+    base = barlow_twins_loss(z1, z2).item()
+    shift, scale = randn(5, seed=17), torch.rand(5, dtype=torch.float64) + 1.0
+    # Standardisation removes per-feature shift and scale (up to the BN epsilon).
+    assert barlow_twins_loss(z1 * scale + shift, z2 - 3).item() == pytest.approx(base, rel=1e-4)
+    perm = torch.randperm(32)
+    assert barlow_twins_loss(z1[perm], z2[perm]).item() == pytest.approx(base, rel=RTOL)
+
+
+def test_losses_return_scalars_with_gradients():
+    z1 = randn(8, 4, seed=18).requires_grad_()
+    z2 = randn(8, 4, seed=19)
+    for loss in (nt_xent(z1, z2), byol_loss(z1, z2), barlow_twins_loss(z1, z2)):
+        assert loss.ndim == 0
+        (g,) = torch.autograd.grad(loss, z1)
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
