@@ -141,11 +141,13 @@ def _coerce(key, value, typ, source):
         return int(value)
     elif want is str and isinstance(value, str):
         return value
-    elif isinstance(value, str):
+    elif isinstance(value, str):  # "0.1" from a command line or a papermill parameter
         try:
-            return _coerce(key, yaml.safe_load(value), typ, source)
-        except (yaml.YAMLError, ConfigError):
-            pass
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if not isinstance(parsed, str):
+            return _coerce(key, parsed, typ, source)
     raise ConfigError(f"{source}: key {key!r} expects {typ}, got {value!r}")
 
 

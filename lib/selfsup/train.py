@@ -198,8 +198,13 @@ def _views(aug, x, gen, channels_last):
 # The loop
 
 
-def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train cfg.method on data.train, writing the run folder; returns run.json's content."""
+def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train cfg.method on data.train, writing the run folder; returns run.json's content.
+
+    stop_after: end this call after that many epochs (checkpointed; the schedule still spans
+    cfg.epochs), to be continued with resume=True -- for interactive use and the resume test.
+    """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
@@ -264,7 +269,8 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress,
                desc=f"{cfg.method} {cfg.backbone}", unit="step", mininterval=1.0, file=sys.stderr)
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
@@ -296,11 +302,15 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
                             knn=f"{record['knn_acc']:.3f}", refresh=False)
         record["elapsed"] = elapsed
 
-        if last or (epoch + 1) % cfg.checkpoint_every == 0:
+        if last or epoch + 1 == end_epoch or (epoch + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, opt, sched, gen, cfg, epoch + 1, elapsed)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     bar.close()
+    if end_epoch < cfg.epochs:
+        run_info.update(status="stopped", epochs=end_epoch)
+        write_json(run_dir / "run.json", run_info)
+        return run_info
 
     encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
     save_file(encoder, str(run_dir / "encoder.safetensors"))

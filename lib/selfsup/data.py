@@ -1,0 +1,640 @@
+"""Datasets: the course NPZ format, ImageFolder / Tiny-ImageNet trees, the
+synthetic demo set, and the course's OOD probe split.
+
+Course format, one ``.npz`` per split:
+
+    images       (N, H, W, 3) uint8
+    labels       (N,)         integer, in [0, K)
+    class_names  (K,)         str, optional
+
+A dataset is a folder holding ``train.npz`` and ``val.npz`` (same classes) and
+optionally ``ood.npz`` (its own, disjoint classes). Files are always read with
+``allow_pickle=False``, so a data file can never run code. Every problem with
+an input raises :class:`DataError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("train", "val", "ood")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # matched case-insensitively (Tiny ImageNet uses .JPEG)
+_MAX_UNNAMED_CLASSES = 100_000  # guards against inventing a billion names for a stray label
+
+
+class DataError(ValueError):
+    """A bad data file, folder or class list; the one-line message names which."""
+
+
+@dataclass
+class Split:
+    """One split: ``images`` (N, H, W, 3) uint8, ``labels`` (N,) int64 in [0, K),
+    ``class_names`` K names, ``source`` the file or folder it came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Dataset:
+    """``train`` and ``val`` share classes; ``ood`` (or None) has its own, disjoint classes."""
+
+    train: Split
+    val: Split
+    ood: Split | None = None
+
+
+# --------------------------------------------------------------------------- course NPZ
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_arrays(images, labels, class_names, where: str) -> None:
+    """Raise DataError unless the arrays make a valid split; ``where`` names the file."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: 'images' has dtype {images.dtype}; expected uint8")
+    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 1:
+        raise DataError(f"{where}: 'images' has shape {images.shape}; expected (N, H, W, 3)")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: 'labels' has dtype {labels.dtype}; expected integers")
+    if labels.ndim != 1:
+        raise DataError(f"{where}: 'labels' has shape {labels.shape}; expected (N,)")
+    if len(images) != len(labels):
+        raise DataError(f"{where}: 'images' has {len(images)} entries but 'labels' has {len(labels)}; expected the same N")
+    if len(labels) == 0:
+        raise DataError(f"{where}: 'images' and 'labels' are empty; expected at least one image")
+    if labels.min() < 0:
+        raise DataError(f"{where}: 'labels' has negative value {labels.min()}; expected labels in [0, K)")
+    if class_names is None:
+        if labels.max() >= _MAX_UNNAMED_CLASSES:
+            raise DataError(f"{where}: 'labels' reach {labels.max()} and there is no 'class_names'; expected labels 0..K-1")
+        return
+    if class_names.ndim != 1 or class_names.dtype.kind not in "US" or len(class_names) == 0:
+        raise DataError(f"{where}: 'class_names' has dtype {class_names.dtype} and shape {class_names.shape}; "
+                        "expected a non-empty 1-D array of strings")
+    if labels.max() >= len(class_names):
+        raise DataError(f"{where}: 'labels' reach {labels.max()} but 'class_names' has {len(class_names)} names; "
+                        f"expected labels in [0, {len(class_names)})")
+
+
+def _names(class_names: np.ndarray) -> list[str]:
+    if class_names.dtype.kind == "S":
+        return [b.decode("utf-8", "replace") for b in class_names.tolist()]
+    return [str(s) for s in class_names.tolist()]
+
+
+def _load(path) -> tuple[Split, bool]:
+    """Load and validate one course file; also say whether it had class_names."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; expected a course .npz with 'images' and 'labels'")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        # allow_pickle=False reports any non-numpy file as "pickled data": say what it really is.
+        why = "neither a zip archive nor a .npy file" if "pickle" in str(err) else _one_line(err)
+        raise DataError(f"{path}: not a valid .npz archive ({why})") from None
+    if not hasattr(archive, "files"):  # np.load returned a bare .npy array
+        raise DataError(f"{path}: is a single .npy array; expected an .npz archive with 'images' and 'labels'")
+    arrays = {}
+    with archive:
+        for key in ("images", "labels", "class_names"):
+            if key not in archive.files:
+                if key == "class_names":
+                    continue
+                raise DataError(f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
+                                "expected 'images' and 'labels'")
+            try:
+                arrays[key] = archive[key]
+            except ValueError:  # object arrays need pickle, which we never allow
+                raise DataError(f"{path}: key '{key}' holds Python objects (pickled); expected a plain "
+                                "numeric or string array") from None
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise DataError(f"{path}: key '{key}' cannot be read ({_one_line(err)})") from None
+    images, labels, names = arrays["images"], arrays["labels"], arrays.get("class_names")
+    _check_arrays(images, labels, names, str(path))
+    named = names is not None
+    class_names = _names(names) if named else [str(i) for i in range(int(labels.max()) + 1)]
+    return Split(images, labels.astype(np.int64), class_names, str(path)), named
+
+
+def load_npz(path) -> Split:
+    """Load one course file: ``images`` (N, H, W, 3) uint8, ``labels`` (N,) int64.
+
+    Without ``class_names`` in the file the names are "0", "1", ... up to the
+    largest label. Raises DataError (one line naming the file and key) on any problem.
+    """
+    return _load(path)[0]
+
+
+def save_npz(split: Split, path) -> None:
+    """Write ``split`` in course format, atomically: a temporary file in the same
+    folder is renamed over ``path``, so readers never see half a file."""
+    path = Path(path)
+    names = np.asarray(split.class_names, dtype=str)
+    _check_arrays(np.asarray(split.images), np.asarray(split.labels), names, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=split.images, labels=np.asarray(split.labels, dtype=np.int64), class_names=names)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_dataset(folder) -> Dataset:
+    """Load ``folder``/train.npz, val.npz (required) and ood.npz (optional).
+
+    Checks that all splits have the same image size and that val uses train's
+    classes; a split without ``class_names`` takes the other's names.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; expected a folder with train.npz and val.npz (and optionally ood.npz)")
+    train, train_named = _load(folder / "train.npz")
+    val, val_named = _load(folder / "val.npz")
+    ood = _load(folder / "ood.npz")[0] if (folder / "ood.npz").exists() else None
+
+    for split in (val, ood):
+        if split is not None and split.images.shape[1:] != train.images.shape[1:]:
+            h, w = split.images.shape[1:3]
+            raise DataError(f"{split.source}: 'images' are {h}x{w} but train.npz's are "
+                            f"{train.images.shape[1]}x{train.images.shape[2]}; expected one image size for all splits")
+
+    if train_named and val_named and train.class_names != val.class_names:
+        i = next((i for i, (a, b) in enumerate(zip(val.class_names, train.class_names)) if a != b),
+                 min(len(val.class_names), len(train.class_names)))
+        raise DataError(f"{val.source}: 'class_names' differ from train.npz's ({len(val.class_names)} vs "
+                        f"{len(train.class_names)} names, first at index {i}); expected train's classes in its order")
+    # One named list wins; unnamed labels must fit inside it.
+    names, other = (val.class_names, train) if val_named and not train_named else (train.class_names, val)
+    if other.labels.max() >= len(names):
+        raise DataError(f"{other.source}: 'labels' reach {other.labels.max()} but the dataset has {len(names)} "
+                        "classes; expected val to use train's classes")
+    train.class_names = val.class_names = list(names)
+    return Dataset(train, val, ood)
+
+
+def describe(ds: Dataset) -> str:
+    """A few lines: per split its size, image size and classes."""
+    lines = []
+    for name in SPLITS:
+        split = getattr(ds, name)
+        if split is None:
+            lines.append(f"{name:<5}  (none)")
+            continue
+        counts = np.bincount(split.labels, minlength=split.num_classes)
+        per_class = f"{counts.min()} per class" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()} per class"
+        shown = ", ".join(split.class_names[:10]) + (", ..." if split.num_classes > 10 else "")
+        lines.append(f"{name:<5}  {len(split):>6} images {split.images.shape[1]}x{split.images.shape[2]}, "
+                     f"{split.num_classes} classes, {per_class}: {shown}")
+    return "\n".join(lines)
+
+
+def ood_split(n: int) -> np.ndarray:
+    """The course's OOD protocol: (n,) bool mask, True = probe-train (~80%),
+    False = probe-test (~20%), from a fixed permutation (seed 42)."""
+    return np.random.RandomState(42).permutation(n) >= int(0.2 * n)
+
+
+# --------------------------------------------------------------------------- image trees
+
+
+def _image_files(folder: Path) -> list[Path]:
+    # Recursive like torchvision's ImageFolder, so Tiny ImageNet's <wnid>/images/ works too.
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _read_images(files: list[Path], labels: list[int], class_names: list[str], size: int, source: str) -> Split:
+    """Decode ``files`` to (N, size, size, 3) uint8; non-square or other-sized
+    images are centre-cropped to a square and resized (bicubic)."""
+    from PIL import Image, ImageOps  # only the tree loaders need PIL
+
+    images = np.empty((len(files), size, size, 3), np.uint8)  # filled in place: no second copy of a big set
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
+                images[i] = np.asarray(img)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read image ({_one_line(err)})") from None
+    return Split(images, np.asarray(labels, np.int64), list(class_names), source)
+
+
+def _load_classes(root: Path, classes: list[str], size: int, names: list[str] | None = None) -> Split:
+    """Images of ``root``/<class>/ for each class, labelled by position in ``classes``."""
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        found = _image_files(root / cls) if (root / cls).is_dir() else []
+        if not found:
+            raise DataError(f"{root / cls}: no images for class '{cls}'; expected {', '.join(IMAGE_SUFFIXES)} files")
+        files += found
+        labels += [label] * len(found)
+    return _read_images(files, labels, names or classes, size, str(root))
+
+
+def load_imagefolder(root, size: int = 64) -> Split:
+    """Load ``root``/<class>/*.{jpg,jpeg,png} (any case, searched recursively);
+    classes sorted by folder name. Returns images (N, size, size, 3) uint8."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found; expected an ImageFolder tree <class>/<image>")
+    classes = _class_dirs(root)
+    if not classes:
+        raise DataError(f"{root}: no class folders; expected an ImageFolder tree <class>/<image>")
+    return _load_classes(root, classes, size)
+
+
+def _tiny_wnids(root: Path) -> list[str]:
+    if (root / "wnids.txt").is_file():
+        return [w.strip() for w in (root / "wnids.txt").read_text().split() if w.strip()]
+    return _class_dirs(root / "train") if (root / "train").is_dir() else []
+
+
+def _tiny_names(root: Path, wnids: list[str]) -> list[str]:
+    """Human names from words.txt ("wnid<TAB>goldfish, Carassius auratus" -> "goldfish"); wnid if absent."""
+    words = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text(encoding="utf-8").splitlines():
+            wnid, _, text = line.partition("\t")
+            words[wnid.strip()] = text.split(",")[0].strip()
+    return [words.get(w) or w for w in wnids]
+
+
+def _tiny_val_files(root: Path) -> dict[str, list[str]]:
+    """wnid -> sorted file names, from val/val_annotations.txt (filename, wnid, bbox...)."""
+    ann = root / "val" / "val_annotations.txt"
+    if not ann.is_file():
+        raise DataError(f"{ann}: file not found; expected Tiny ImageNet's val annotations (filename<TAB>wnid<TAB>bbox)")
+    by_class: dict[str, list[str]] = {}
+    for lineno, line in enumerate(ann.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataError(f"{ann}:{lineno}: expected 'filename<TAB>wnid<TAB>...', got {line[:60]!r}")
+        by_class.setdefault(fields[1].strip(), []).append(fields[0].strip())
+    return {w: sorted(f) for w, f in by_class.items()}
+
+
+def _check_known(where, available: list[str], wanted: list[str]) -> None:
+    unknown = [c for c in wanted if c not in set(available)]
+    if unknown:
+        raise DataError(f"{where}: unknown class id(s) {', '.join(unknown)}; expected ids from the "
+                        f"{len(available)} available (e.g. {', '.join(available[:3])})")
+
+
+def load_tinyimagenet(root, split: str = "train", classes=None, size: int = 64) -> Split:
+    """Load Tiny-ImageNet-200's ``train`` (train/<wnid>/images/*.JPEG) or ``val``
+    (val/images + val/val_annotations.txt) split for ``classes`` (wnids; default
+    all, in wnids.txt order). Labels follow the order of ``classes``; names come
+    from words.txt. Returns images (N, size, size, 3) uint8."""
+    root = Path(root)
+    wnids = _tiny_wnids(root)
+    classes = list(wnids if classes is None else classes)
+    _check_known(root, wnids, classes)
+    names = _tiny_names(root, classes)
+    if split == "train":
+        return _load_classes(root / "train", classes, size, names)  # finds <wnid>/images/*.JPEG recursively
+    if split != "val":
+        raise DataError(f"{root}: split '{split}' not supported; expected 'train' or 'val' (test has no labels)")
+    val_files = _tiny_val_files(root)
+    files, labels = [], []
+    for label, cls in enumerate(classes):
+        if not val_files.get(cls):
+            raise DataError(f"{root / 'val' / 'val_annotations.txt'}: no val images for class '{cls}'")
+        files += [root / "val" / "images" / f for f in val_files[cls]]
+        labels += [label] * len(val_files[cls])
+    return _read_images(files, labels, names, size, str(root / "val"))
+
+
+# --------------------------------------------------------------------------- convert
+
+
+def _layout(src: Path) -> str:
+    if not src.is_dir():
+        raise DataError(f"{src}: folder not found; expected a Tiny-ImageNet-200 or ImageFolder tree")
+    if (src / "wnids.txt").is_file() or (src / "val" / "val_annotations.txt").is_file():
+        return "tinyimagenet"
+    if (src / "train").is_dir() and (src / "val").is_dir():
+        return "imagefolder-trainval"
+    if any(_image_files(src / c) for c in _class_dirs(src)):
+        return "imagefolder"
+    raise DataError(f"{src}: layout not recognised; expected Tiny-ImageNet-200 (wnids.txt, train/<wnid>/images, "
+                    "val/val_annotations.txt) or an ImageFolder tree (<class>/<image>, optionally under train/ and val/)")
+
+
+def list_classes(src) -> list[str]:
+    """Class ids a source tree offers: wnids for Tiny ImageNet, folder names otherwise."""
+    src = Path(src)
+    layout = _layout(src)
+    if layout == "tinyimagenet":
+        return _tiny_wnids(src)
+    return _class_dirs(src / "train" if layout == "imagefolder-trainval" else src)
+
+
+def pick_classes(available: list[str], spec: str, exclude=(), seed: int = 0) -> list[str]:
+    """Turn a CLI class spec into ids: "a,b,c"; "@file" (one id per line, # comments);
+    or an integer N = N ids drawn with RandomState(seed) from ``available`` minus
+    ``exclude``, returned in ``available`` order."""
+    spec, excluded = str(spec).strip(), set(exclude)
+    pool = [c for c in available if c not in excluded]
+    if spec.isdigit():
+        n = int(spec)
+        if n > len(pool):
+            left = f" after excluding {len(excluded)}" if excluded else ""
+            raise DataError(f"class spec '{spec}': asked for {n} classes but only {len(pool)} are available{left}")
+        chosen = np.random.RandomState(seed).choice(len(pool), n, replace=False)
+        return [pool[i] for i in sorted(chosen)]
+    if spec.startswith("@"):
+        where = Path(spec[1:])
+        if not where.is_file():
+            raise DataError(f"{where}: class list file not found; expected one class id per line")
+        lines = (line.split("#")[0].strip() for line in where.read_text().splitlines())
+        ids = [line for line in lines if line]
+    else:
+        where = f"class spec '{spec}'"
+        ids = [s.strip() for s in spec.split(",") if s.strip()]
+    _check_known(where, list(available), ids)
+    dupes = sorted({c for c in ids if ids.count(c) > 1})
+    if dupes:
+        raise DataError(f"{where}: class id(s) listed twice: {', '.join(dupes)}")
+    both = [c for c in ids if c in excluded]
+    if both:
+        raise DataError(f"{where}: class id(s) in both ID and OOD: {', '.join(both)}; expected disjoint sets")
+    return ids
+
+
+def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: int = 64) -> dict:
+    """Write ``dest``/{train,val,ood}.npz in course format from a source tree.
+
+    Tiny ImageNet: ID train <- train/, ID val <- val/, OOD <- val/ of the OOD
+    classes (50 per class, like the course's ood.npz). ImageFolder with train/
+    and val/: the same with those folders. Plain ImageFolder: each ID class is
+    split 90/10 by sorted file name; OOD takes all images of its classes.
+    Everything is read and checked before anything is written. Returns a summary.
+    """
+    src, dest = Path(src), Path(dest)
+    layout = _layout(src)
+    available = list_classes(src)
+    id_classes, ood_classes = list(id_classes), list(ood_classes)
+    if not id_classes:
+        raise DataError(f"{src}: no ID classes given; expected at least one")
+    _check_known(src, available, id_classes + ood_classes)
+    both = [c for c in id_classes if c in set(ood_classes)]
+    if both:
+        raise DataError(f"{src}: class id(s) in both ID and OOD: {', '.join(both)}; expected disjoint sets")
+    targets = {name: dest / f"{name}.npz" for name in SPLITS}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+    ood = None
+    if layout == "tinyimagenet":
+        train = load_tinyimagenet(src, "train", id_classes, size)
+        val = load_tinyimagenet(src, "val", id_classes, size)
+        if ood_classes:
+            ood = load_tinyimagenet(src, "val", ood_classes, size)
+    elif layout == "imagefolder-trainval":
+        train = _load_classes(src / "train", id_classes, size)
+        val = _load_classes(src / "val", id_classes, size)
+        if ood_classes:
+            ood = _load_classes(src / "val", ood_classes, size)
+    else:
+        train, val = _split_imagefolder(src, id_classes, size)
+        if ood_classes:
+            ood = _load_classes(src, ood_classes, size)
+
+    for name, split in (("train", train), ("val", val), ("ood", ood)):
+        if split is not None:
+            save_npz(split, targets[name])
+    if ood is None:
+        targets["ood"].unlink(missing_ok=True)  # a stale ood.npz would not match the new classes
+    return {
+        "layout": layout, "dest": str(dest), "image_size": size,
+        "train": len(train), "val": len(val), "ood": len(ood) if ood is not None else 0,
+        "id_classes": id_classes, "ood_classes": ood_classes,
+        "class_names": train.class_names, "ood_class_names": ood.class_names if ood is not None else [],
+    }
+
+
+def _split_imagefolder(root: Path, classes: list[str], size: int) -> tuple[Split, Split]:
+    """Each class's sorted files: the first ~90% to train, the last ~10% (at least one) to val."""
+    train_files, train_labels, val_files, val_labels = [], [], [], []
+    for label, cls in enumerate(classes):
+        files = _image_files(root / cls)
+        if len(files) < 2:
+            raise DataError(f"{root / cls}: {len(files)} image(s) for class '{cls}'; expected at least 2 to split 90/10")
+        n_val = max(1, len(files) // 10)
+        train_files += files[:-n_val]
+        train_labels += [label] * (len(files) - n_val)
+        val_files += files[-n_val:]
+        val_labels += [label] * n_val
+    return (_read_images(train_files, train_labels, classes, size, str(root)),
+            _read_images(val_files, val_labels, classes, size, str(root)))
+
+
+# --------------------------------------------------------------------------- demo data
+#
+# A class is a (shape, fill pattern) pair -- content that survives SimCLR's
+# augmentations (crop, flip, colour jitter, grayscale, blur). Everything else is
+# a random nuisance those augmentations teach an encoder to ignore: colours,
+# background gradient and blotches, position, size, rotation, pattern angle and
+# phase, noise. Every shape and pattern is mirror-symmetric up to rotation, so a
+# horizontal flip never changes the class.
+
+DEMO_SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
+DEMO_PATTERNS = ("solid", "stripes", "checker", "dots")
+
+
+def _demo_order() -> list[tuple[str, str]]:
+    cells = [(i, j) for i in range(5) for j in range(len(DEMO_PATTERNS))]
+    even = [(DEMO_SHAPES[i], DEMO_PATTERNS[j]) for i, j in cells if (i + j) % 2 == 0]
+    odd = [(DEMO_SHAPES[i], DEMO_PATTERNS[j]) for i, j in cells if (i + j) % 2 == 1]
+    return even + [("star", p) for p in DEMO_PATTERNS] + odd
+
+
+def demo_classes(n_id: int = 10, n_ood: int = 10) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(shape, pattern) pairs for the ID and OOD classes of the demo.
+
+    A checkerboard over the first five shapes x four patterns: ID takes the
+    even cells, OOD the odd ones, so with the defaults every OOD class is an
+    unseen combination of a seen shape and a seen pattern. "star" sits in
+    between: asked for more classes, ID gets it first, then OOD (an unseen shape).
+    """
+    order = _demo_order()  # ID from the front, OOD from the back
+    if n_id < 1 or n_ood < 0 or n_id + n_ood > len(order):
+        raise ValueError(f"demo has {len(order)} classes; asked for {n_id} ID (>= 1) + {n_ood} OOD (>= 0)")
+    return order[:n_id], order[len(order) - n_ood:]
+
+
+def _hsv_to_rgb(h, s, v):
+    """(n,) hue, saturation, value in [0, 1] -> (n, 3) RGB in [0, 1]."""
+    i = np.floor(h * 6).astype(int) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = np.stack([np.stack(c, -1) for c in
+                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])  # (6, n, 3)
+    return table[i, np.arange(len(h))]
+
+
+def _demo_colours(rng, n):
+    """Background colours a, b and foreground colours 1, 2, each (n, 3): random
+    hues and saturations, but value (brightness) contrast is guaranteed so the
+    shape and its pattern stay visible after grayscale."""
+    bg_v = rng.uniform(0.15, 0.85, n)
+    side = np.where(bg_v < 0.5, 1.0, -1.0)  # foreground on the other side of mid-grey
+    room = np.where(side > 0, 1 - bg_v, bg_v)  # >= 0.5
+    near = rng.uniform(0.5, 0.6, n)  # fraction of the room: >= 0.25 from the background
+    far = near + rng.uniform(0.3, 0.4, n)  # >= 0.15 between the two foreground colours
+    swap = rng.random(n) < 0.5  # which one the solid fill / pattern base uses
+    fg_v = [bg_v + side * room * np.where(swap, far, near), bg_v + side * room * np.where(swap, near, far)]
+
+    def colour(v):
+        return _hsv_to_rgb(rng.random(n), rng.uniform(0.1, 1.0, n), np.clip(v, 0, 1))
+
+    bg_b_v = bg_v + rng.uniform(-0.08, 0.08, n)  # gradient end: another hue, similar brightness
+    return colour(bg_v), colour(bg_b_v), colour(fg_v[0]), colour(fg_v[1])
+
+
+def _shape_mask(shape, u, v):
+    """Inside-mask of a shape of radius ~1 in object coordinates u, v (n, H, W)."""
+    if shape == "disc":
+        return u * u + v * v <= 1.0
+    if shape == "ring":
+        r2 = u * u + v * v
+        return (r2 <= 1.0) & (r2 >= 0.45 ** 2)
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.82
+    if shape == "triangle":  # equilateral, inradius 0.58
+        dist = [u * np.cos(a) + v * np.sin(a) for a in np.pi / 2 + 2 * np.pi / 3 * np.arange(3)]
+        return np.maximum.reduce(dist) <= 0.58
+    if shape == "cross":  # plus sign, arm half-width 0.34
+        au, av = np.abs(u), np.abs(v)
+        return ((au <= 1) & (av <= 0.34)) | ((av <= 1) & (au <= 0.34))
+    if shape == "star":  # five points: fold the angle into one half-spike, test against its edge
+        outer, inner, half = 1.1, 0.48, np.pi / 5
+        ang = np.mod(np.arctan2(v, u), 2 * half)
+        ang = np.minimum(ang, 2 * half - ang)
+        r = np.hypot(u, v)
+        px, py = r * np.cos(ang) - outer, r * np.sin(ang)
+        ex, ey = inner * np.cos(half) - outer, inner * np.sin(half)
+        return ex * py - ey * px >= 0
+    raise ValueError(f"unknown demo shape {shape!r}")
+
+
+def _pattern_mask(pattern, a, b):
+    """Where the second foreground colour goes; a, b (n, H, W) in pattern periods."""
+    if pattern == "solid":
+        return np.zeros(a.shape, bool)
+    if pattern == "stripes":
+        return np.mod(a, 1.0) < 0.5
+    if pattern == "checker":
+        return (np.floor(a) + np.floor(b)) % 2 == 1
+    if pattern == "dots":
+        return (np.mod(a, 1.0) - 0.5) ** 2 + (np.mod(b, 1.0) - 0.5) ** 2 < 0.3 ** 2
+    raise ValueError(f"unknown demo pattern {pattern!r}")
+
+
+def _render(shape: str, pattern: str, n: int, size: int, rng) -> np.ndarray:
+    """n images (n, size, size, 3) uint8 of one class, each with its own nuisances."""
+    f32 = np.float32
+
+    def per_image(x):  # (n,) -> (n, 1, 1) for broadcasting over pixels
+        return np.asarray(x, f32)[:, None, None]
+
+    yy, xx = (np.mgrid[0:size, 0:size].astype(f32) + 0.5)  # pixel centres, (H, W) each
+    radius = rng.uniform(0.22, 0.36, n) * size  # object spans ~45-70% of the side
+    cx = radius * 0.8 + rng.random(n) * (size - 1.6 * radius)  # may poke a little out of frame
+    cy = radius * 0.8 + rng.random(n) * (size - 1.6 * radius)
+    dx, dy = xx - per_image(cx), yy - per_image(cy)  # (n, H, W), pixels from the centre
+
+    theta = rng.uniform(0, 2 * np.pi, n)
+    cos, sin, r = per_image(np.cos(theta)), per_image(np.sin(theta)), per_image(radius)
+    inside = _shape_mask(shape, (cos * dx + sin * dy) / r, (cos * dy - sin * dx) / r)
+
+    # The pattern has its own angle, period (relative to the object, as a crop
+    # rescales both) and phase, so only its kind carries the class.
+    phi = rng.uniform(0, np.pi, n)
+    period = per_image(radius * rng.uniform(0.35, 0.5, n))
+    cos, sin = per_image(np.cos(phi)), per_image(np.sin(phi))
+    a = (cos * dx + sin * dy) / period + per_image(rng.random(n))
+    b = (cos * dy - sin * dx) / period + per_image(rng.random(n))
+    second = _pattern_mask(pattern, a, b)
+
+    bg_a, bg_b, fg_1, fg_2 = (c.astype(f32)[:, None, None, :] for c in _demo_colours(rng, n))  # (n, 1, 1, 3)
+    psi = rng.uniform(0, 2 * np.pi, n)  # background gradient direction
+    ramp = ((np.cos(psi)[:, None, None] * (xx - size / 2) + np.sin(psi)[:, None, None] * (yy - size / 2)) / size + 0.5)
+    background = bg_a + (bg_b - bg_a) * ramp.astype(f32)[..., None]
+    foreground = np.where(second[..., None], fg_2, fg_1)
+    img = np.where(inside[..., None], foreground, background)  # (n, H, W, 3)
+
+    # Low-frequency colour blotches (a 5x5 random field, bilinearly upsampled) and pixel noise.
+    grid = np.clip((np.arange(size, dtype=f32) + 0.5) / size * 4, 0, 4)  # pixel -> position on the 5-point grid
+    lo = np.floor(np.minimum(grid, 3.999)).astype(int)
+    up = np.zeros((size, 5), f32)
+    up[np.arange(size), lo] = 1 - (grid - lo)
+    up[np.arange(size), lo + 1] = grid - lo
+    field = rng.normal(0, 0.05, (n, 3, 5, 5)).astype(f32)
+    img += (up @ field @ up.T).transpose(0, 2, 3, 1)  # (n, 3, H, W) -> (n, H, W, 3)
+    img += rng.standard_normal(img.shape, dtype=f32) * per_image(rng.uniform(0.01, 0.05, n))[..., None]
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def make_demo(dest, seed: int = 0, n_id_classes: int = 10, n_ood_classes: int = 10, train_per_class: int = 200,
+              val_per_class: int = 50, ood_per_class: int = 50, size: int = 64) -> Dataset:
+    """Generate the synthetic demo set into ``dest``/{train,val,ood}.npz and return it.
+
+    Images (N, size, size, 3) uint8; classes are "shape+pattern" (see
+    :func:`demo_classes`), balanced, grouped by label. Fully determined by the
+    arguments: the same seed gives the same arrays. With ``n_ood_classes=0`` no
+    ood.npz is written (and an old one in ``dest`` is removed).
+    """
+    if min(train_per_class, val_per_class) < 1 or (n_ood_classes and ood_per_class < 1) or size < 16:
+        raise ValueError("make_demo: need >= 1 image per class and size >= 16")
+    id_combos, ood_combos = demo_classes(n_id_classes, n_ood_classes)
+    catalogue = _demo_order()  # a fixed index per class, whatever the counts
+
+    def build(combos, per_class, split_no):
+        # Each (split, class) has its own stream, so changing one count leaves the other classes unchanged.
+        images = [_render(s, p, per_class, size, np.random.default_rng([seed, split_no, catalogue.index((s, p))]))
+                  for s, p in combos]
+        labels = np.repeat(np.arange(len(combos), dtype=np.int64), per_class)
+        return Split(np.concatenate(images), labels, [f"{s}+{p}" for s, p in combos])
+
+    dest = Path(dest)
+    ds = Dataset(build(id_combos, train_per_class, 0), build(id_combos, val_per_class, 1),
+                 build(ood_combos, ood_per_class, 2) if ood_combos else None)
+    for name in SPLITS:
+        split = getattr(ds, name)
+        if split is None:
+            (dest / f"{name}.npz").unlink(missing_ok=True)
+            continue
+        split.source = str(dest / f"{name}.npz")
+        save_npz(split, split.source)
+    return ds

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from selfsup import config
+from selfsup.config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_presets_load():
+    course = config.load(ROOT / "configs/course.yaml")
+    assert (course.method, course.temperature, course.optimizer, course.lr) == ("simclr", 0.1, "adamw", 4e-3)
+    assert (course.batch_size, course.backbone, course.epochs) == (1024, "resnet18", 300)
+    baseline = config.load(ROOT / "configs/baseline.yaml")
+    assert (baseline.temperature, baseline.lr) == (0.5, 0.6)
+    demo = config.load(ROOT / "configs/demo.yaml")
+    assert demo.backbone == "convnet"
+
+
+def test_overrides_are_parsed_and_typed():
+    cfg = config.load(None, config.parse_overrides(["lr=0.1", "method=byol", "epochs=3", "compile=true"]))
+    assert (cfg.lr, cfg.method, cfg.epochs, cfg.compile) == (0.1, "byol", 3, True)
+    assert isinstance(cfg.lr, float)
+    assert config.load(None, {"lr": 1}).lr == 1.0  # an int where a float is expected is fine
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"methd": "simclr"}, "methd"),
+    ({"method": "moco"}, "method"),
+    ({"epochs": "ten"}, "epochs"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"epochs": 2.5}, "epochs"),
+])
+def test_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        config.load(None, overrides)
+
+
+def test_bad_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        config.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*mapping"):
+        config.load(bad)
+    bad.write_text("lr: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*YAML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        config.parse_overrides(["lr"])
+
+
+def test_hash_tracks_every_field_and_heads_resolve():
+    a = Config()
+    assert a.hash() == Config().hash()
+    assert a.hash() != a.replace(lr=a.lr * 2).hash()
+    assert Config(method="byol").heads == {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
+    assert Config(method="barlow", proj_hidden=64).heads["proj_hidden"] == 64
+    assert Config(method="byol").aug_recipe == "asymmetric" and Config().aug_recipe == "simclr"

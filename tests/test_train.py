@@ -1,0 +1,108 @@
+"""The training loop: exact resume, safe run folders, and that it learns on the demo data."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup import cli, config, data, train
+from selfsup.config import ConfigError
+from selfsup.train import RunError
+
+# A few seconds per epoch on one CPU core: width-8 convnet, 32x32 views, small heads.
+TINY = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim=16, pred_hidden=32,
+            batch_size=32, epochs=2, warmup_epochs=0.5, lr=1e-3, device="cpu", knn_train_limit=100)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
+                   ood_per_class=8)
+    return folder, data.load_dataset(folder)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "barlow"])
+def test_resume_is_exact(method, tiny_data, tmp_path):
+    """2 epochs straight == 1 epoch, stop, resume 1 more: identical weights, EMA target and metrics."""
+    _, ds = tiny_data
+    cfg = config.load(None, {**TINY, "method": method})
+    train.train(cfg, ds, tmp_path / "straight", progress=False)
+    info = train.train(cfg, ds, tmp_path / "resumed", progress=False, stop_after=1)
+    assert info["status"] == "stopped"
+    assert not (tmp_path / "resumed" / "encoder.safetensors").exists()
+    train.train(cfg, ds, tmp_path / "resumed", resume=True, progress=False)
+
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:  # includes BYOL's target network
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ea = load_file(tmp_path / "straight" / "encoder.safetensors")
+    eb = load_file(tmp_path / "resumed" / "encoder.safetensors")
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    ma, mb = train.read_metrics(tmp_path / "straight"), train.read_metrics(tmp_path / "resumed")
+    assert [m["train_loss"] for m in ma] == [m["train_loss"] for m in mb]
+    assert [m["knn_acc"] for m in ma] == [m["knn_acc"] for m in mb]
+
+
+def test_run_folder_describes_itself(tiny_data, tmp_path):
+    _, ds = tiny_data
+    cfg = config.load(None, TINY)
+    train.train(cfg, ds, tmp_path, progress=False)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "run.json"} <= names
+    assert config.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["status"] == "finished" and run["config_hash"] == cfg.hash()
+    assert run["environment"]["torch"] == torch.__version__ and run["wall_clock_s"] > 0
+    metrics = train.read_metrics(tmp_path)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all({"train_loss", "val_loss", "knn_acc", "lr", "images_per_sec"} <= m.keys() for m in metrics)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "generator", "torch_rng", "epoch"} <= ckpt.keys()
+
+
+def test_run_folder_is_never_overwritten(tiny_data, tmp_path):
+    _, ds = tiny_data
+    cfg = config.load(None, {**TINY, "epochs": 1})
+    train.train(cfg, ds, tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunError, match="already holds a run"):
+        train.train(cfg, ds, tmp_path, progress=False)
+    with pytest.raises(RunError, match="different settings"):
+        train.train(cfg.replace(lr=0.5), ds, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(ConfigError, match="batch_size"):
+        train.train(cfg.replace(batch_size=10_000), ds, tmp_path / "new", progress=False)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys):
+    folder, _ = tiny_data
+    assert cli.main(["train", "--config", str(tmp_path / "nope.yaml"), "--data", str(folder),
+                     "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope.yaml" in err
+    assert cli.main(["train", "--config", "configs/demo.yaml", "--data", str(tmp_path / "missing"),
+                     "--run-dir", str(tmp_path / "r"), "--set", "epochs=1"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert cli.main(["train", "--config", "configs/demo.yaml", "--data", str(folder),
+                     "--run-dir", str(tmp_path / "r"), "--set", "optimizer=adagrad"]) == 2
+    assert "optimizer" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_lars_and_sgd_and_adam_step(tiny_data, tmp_path):
+    _, ds = tiny_data
+    for opt in ("lars", "sgd", "adam"):
+        cfg = config.load(None, {**TINY, "epochs": 1, "optimizer": opt, "lr": 0.05 if opt != "adam" else 1e-3})
+        info = train.train(cfg, ds, tmp_path / opt, progress=False)
+        assert info["status"] == "finished"
+
+
+def test_warmup_cosine_schedule():
+    f = train.warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
