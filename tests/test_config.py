@@ -22,7 +22,8 @@ def test_overrides_are_parsed_and_typed():
     cfg = config.load(None, config.parse_overrides(["lr=0.1", "method=byol", "epochs=3", "compile=true"]))
     assert (cfg.lr, cfg.method, cfg.epochs, cfg.compile) == (0.1, "byol", 3, True)
     assert isinstance(cfg.lr, float)
-    assert config.load(None, {"lr": 1}).lr == 1.0  # an int where a float is expected is fine
+    assert config.load(None, {"lr": 1}).lr == 1.0
+    assert config.load(None, config.parse_overrides(["lr=4e-3"])).lr == 4e-3  # YAML 1.1 reads it as a string  # an int where a float is expected is fine
 
 
 @pytest.mark.parametrize("overrides, key", [

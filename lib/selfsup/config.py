@@ -141,6 +141,8 @@ def _coerce(key, value, typ, source):
         return int(value)
     elif want is str and isinstance(value, str):
         return value
+    elif want is float and isinstance(value, str) and _is_float(value):  # "4e-3": a string in YAML 1.1
+        return float(value)
     elif isinstance(value, str):  # "0.1" from a command line or a papermill parameter
         try:
             parsed = yaml.safe_load(value)
@@ -149,6 +151,14 @@ def _coerce(key, value, typ, source):
         if not isinstance(parsed, str):
             return _coerce(key, parsed, typ, source)
     raise ConfigError(f"{source}: key {key!r} expects {typ}, got {value!r}")
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
 
 
 def parse_overrides(items: list[str]) -> dict:

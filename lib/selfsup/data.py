@@ -503,11 +503,15 @@ def _hsv_to_rgb(h, s, v):
     return table[i, np.arange(len(h))]
 
 
+DEMO_MAX_SATURATION = 0.35
+DEMO_BG_VALUE = (0.15, 0.85)  # range of the background's brightness (HSV value)
+
+
 def _demo_colours(rng, n):
     """Background colours a, b and foreground colours 1, 2, each (n, 3): random
     hues and saturations, but value (brightness) contrast is guaranteed so the
     shape and its pattern stay visible after grayscale."""
-    bg_v = rng.uniform(0.15, 0.85, n)
+    bg_v = rng.uniform(*DEMO_BG_VALUE, n)
     side = np.where(bg_v < 0.5, 1.0, -1.0)  # foreground on the other side of mid-grey
     room = np.where(side > 0, 1 - bg_v, bg_v)  # >= 0.5
     near = rng.uniform(0.5, 0.6, n)  # fraction of the room: >= 0.25 from the background
@@ -516,7 +520,10 @@ def _demo_colours(rng, n):
     fg_v = [bg_v + side * room * np.where(swap, far, near), bg_v + side * room * np.where(swap, near, far)]
 
     def colour(v):
-        return _hsv_to_rgb(rng.random(n), rng.uniform(0.1, 1.0, n), np.clip(v, 0, 1))
+        # Muted colours (saturation <= 0.35): hue and saturation jitter and grayscale scramble them,
+        # so colour cannot identify an image across views -- otherwise instance discrimination
+        # latches onto each image's palette (a shortcut) instead of its shape and pattern.
+        return _hsv_to_rgb(rng.random(n), rng.uniform(0.0, DEMO_MAX_SATURATION, n), np.clip(v, 0, 1))
 
     bg_b_v = bg_v + rng.uniform(-0.08, 0.08, n)  # gradient end: another hue, similar brightness
     return colour(bg_v), colour(bg_b_v), colour(fg_v[0]), colour(fg_v[1])

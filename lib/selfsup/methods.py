@@ -69,14 +69,9 @@ class BYOL(nn.Module):
         target = list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
         torch._foreach_lerp_(target, online, 1 - self.momentum)
         # BN running statistics are copied, not averaged (they are not trained weights).
-        for t, o in zip(self._buffers_of_target(), self._buffers_of_online()):
+        for t, o in zip([*self.target_encoder.buffers(), *self.target_projector.buffers()],
+                        [*self.encoder.buffers(), *self.projector.buffers()]):
             t.copy_(o)
-
-    def _buffers_of_online(self):
-        return list(self.encoder.buffers()) + list(self.projector.buffers())
-
-    def _buffers_of_target(self):
-        return list(self.target_encoder.buffers()) + list(self.target_projector.buffers())
 
 
 class BarlowTwins(nn.Module):
