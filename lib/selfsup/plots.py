@@ -1,0 +1,331 @@
+"""The report's figures, each a function of results -> matplotlib Figure (optionally saved).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no GUI backend is
+touched (safe headless / under papermill), nothing accumulates in pyplot's global figure list,
+and a notebook shows the returned figure exactly once.
+
+    figure1_curves(metrics)                      Figure 1: losses and k-NN accuracy per epoch
+    figure2_predictions(images, true, pred, ...) Figure 2: val and OOD images, true vs predicted
+    figure3_tsne(val_f, val_y, ood_f, ood_y)     Figure 3: t-SNE of val and of OOD features
+    neighbour_gallery(...)                       queries and their nearest training images
+    comparison_bar(results)                      k-NN accuracy per method / sweep point, with floor
+    ablation_plot(rows, axis_key)                a metric against a swept hyperparameter
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 150
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red titles in Figure 2 and the gallery
+GREY = "#b0b0b0"
+
+
+def _save(fig: Figure, path) -> Figure:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI)
+    return fig
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _hwc(images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 for imshow; accepts (N, 3, H, W) too."""
+    images = _np(images)
+    if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+        images = images.transpose(0, 2, 3, 1)
+    return images
+
+
+def _label(metric: str) -> str:
+    """'val_knn_weighted' -> 'val k-NN weighted', 'ood_linear' -> 'OOD linear'."""
+    words = {"knn": "k-NN", "ood": "OOD"}
+    return " ".join(words.get(w, w) for w in metric.split("_"))
+
+
+def _series(metrics: list[dict], key: str):
+    pts = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
+    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 1
+
+
+def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> Figure:
+    """Training curves from a run's metrics.jsonl records (list of dicts with ``epoch`` and
+    ``train_loss``; optionally ``val_loss``, ``knn_acc``, ``linear_acc``).
+
+    Left: train and val SSL loss per epoch. Right: k-NN (and linear-probe, if present) accuracy.
+    """
+    if not metrics:
+        raise ValueError("figure1_curves: no metrics (is metrics.jsonl empty?)")
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for key, label, style in (("train_loss", "train", "-"), ("val_loss", "val", "--")):
+        s = _series(metrics, key)
+        if s:
+            ax_loss.plot(*s, style, marker="o" if len(s[0]) < 30 else None, ms=3, label=label)
+    ax_loss.set(xlabel="epoch", ylabel="SSL loss", title="Loss")
+    ax_loss.legend()
+    plotted = False
+    for key, label in (("knn_acc", "k-NN (val)"), ("linear_acc", "linear probe (val)")):
+        s = _series(metrics, key)
+        if s:
+            ax_acc.plot(s[0], [100 * v for v in s[1]], marker="o" if len(s[0]) < 30 else None, ms=3, label=label)
+            plotted = True
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
+    if plotted:
+        ax_acc.legend()
+    else:
+        ax_acc.text(0.5, 0.5, "no k-NN evaluations recorded", ha="center", va="center", transform=ax_acc.transAxes)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 2
+
+
+def _prediction_row(axes, images, true, pred, names, n, rng, label):
+    images, true, pred = _hwc(images), _np(true), _np(pred)
+    if not (len(images) == len(true) == len(pred)):
+        raise ValueError(f"figure2_predictions: {label}: {len(images)} images, {len(true)} true labels, "
+                         f"{len(pred)} predictions; expected equal lengths")
+    pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, pick):
+        ax.imshow(images[i], interpolation="nearest")
+        ok = true[i] == pred[i]
+        ax.set_title(f"true: {names[int(true[i])]}\npred: {names[int(pred[i])]}", fontsize=7,
+                     color=RIGHT if ok else WRONG)
+    axes[0].text(-0.15, 0.5, label, transform=axes[0].transAxes, rotation=90, ha="right", va="center",
+                 fontsize=10, fontweight="bold")
+
+
+def figure2_predictions(images, true_labels, pred_labels, class_names, ood_images=None, ood_true=None,
+                        ood_pred=None, ood_class_names=None, *, n: int = 10, seed: int = 0,
+                        path=None) -> Figure:
+    """n random val images and n random OOD images with true and predicted class names; a title is
+    green when the prediction is right, red when wrong.
+
+    images (N, H, W, 3) uint8 (or (N, 3, H, W)), true_labels / pred_labels (N,) ints indexing
+    class_names. OOD: the probe-test images with their labels and predictions (e.g. from
+    eval.json: ``ood.images[test_index]``), names from ood_class_names (default class_names).
+    Samples are drawn with ``np.random.RandomState(seed)``.
+    """
+    rows = 2 if ood_images is not None else 1
+    fig = Figure(figsize=(1.45 * n, 1.9 * rows + 0.3), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, n, squeeze=False))
+    rng = np.random.RandomState(seed)
+    _prediction_row(axes[0], images, true_labels, pred_labels, list(class_names), n, rng, "val")
+    if ood_images is not None:
+        if ood_true is None or ood_pred is None:
+            raise ValueError("figure2_predictions: ood_images given without ood_true and ood_pred")
+        names = list(ood_class_names if ood_class_names is not None else class_names)
+        _prediction_row(axes[1], ood_images, ood_true, ood_pred, names, n, rng, "OOD")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 3
+
+
+def tsne_embedding(features, seed: int = 0, perplexity: float = 30.0, **tsne_kwargs) -> np.ndarray:
+    """scikit-learn t-SNE (PCA init, seeded) of (N, D) features -> (N, 2); tsne_kwargs go to TSNE
+    (e.g. max_iter)."""
+    from sklearn.manifold import TSNE
+
+    x = _np(features).astype(np.float32)
+    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))  # t-SNE needs perplexity < N
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                **tsne_kwargs).fit_transform(x)
+
+
+def _tsne_panel(ax, emb, labels, names, n_highlight, rng, title):
+    labels = _np(labels)
+    classes = np.unique(labels)
+    shown = classes if len(classes) <= n_highlight else np.sort(rng.choice(classes, n_highlight, replace=False))
+    rest = ~np.isin(labels, shown)
+    if rest.any():
+        ax.scatter(emb[rest, 0], emb[rest, 1], s=3, c=GREY, alpha=0.35, linewidths=0,
+                   label=f"{len(classes) - len(shown)} other classes")
+    cmap = _palette(len(shown))
+    for colour, c in zip(cmap, shown):
+        m = labels == c
+        name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
+        ax.scatter(emb[m, 0], emb[m, 1], s=5, color=colour, linewidths=0, label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=6, markerscale=2.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+
+
+def _palette(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20" if n > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *, n_highlight: int = 20,
+                 seed: int = 0, class_names=None, ood_class_names=None, embeddings=None,
+                 tsne_kwargs: dict | None = None, path=None) -> Figure:
+    """t-SNE of val features and of OOD features, two panels. n_highlight random classes (seeded)
+    are coloured, the rest grey; with <= n_highlight classes all are coloured.
+
+    features (N, D), labels (N,). embeddings: precomputed {"val": (N, 2), "ood": (M, 2)} to skip
+    t-SNE (it takes minutes for 10k points on a CPU); tsne_kwargs go to sklearn's TSNE.
+    """
+    panels = [("val", val_features, val_labels, class_names, "In-distribution (val)")]
+    if ood_features is not None:
+        panels.append(("ood", ood_features, ood_labels, ood_class_names, "Out-of-distribution"))
+    fig = Figure(figsize=(6.2 * len(panels), 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (key, feats, labels, names, title) in zip(axes, panels):
+        emb = (embeddings or {}).get(key)
+        if emb is None:
+            emb = tsne_embedding(feats, seed, **(tsne_kwargs or {}))
+        rng = np.random.RandomState(seed)
+        _tsne_panel(ax, _np(emb), labels, names, n_highlight, rng, title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Neighbours, comparisons, ablations
+
+
+def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, class_names, *,
+                      query_labels=None, query_class_names=None, path=None) -> Figure:
+    """One row per query: the query image, then its nearest training images (nearest first)
+    with their class names; green when a neighbour's class is the query's, red otherwise.
+
+    query_images (Q, H, W, 3), train_images (N, H, W, 3), neighbour_idx (Q, k) indices into
+    train_images / train_labels (e.g. eval.json's gallery), class_names for train_labels.
+    """
+    q_img, t_img = _hwc(query_images), _hwc(train_images)
+    idx, t_lab = _np(neighbour_idx).astype(int), _np(train_labels)
+    if idx.ndim != 2 or len(idx) != len(q_img):
+        raise ValueError(f"neighbour_gallery: neighbour_idx must be ({len(q_img)}, k), got {idx.shape}")
+    q, k = idx.shape
+    fig = Figure(figsize=(1.3 * (k + 1) + 0.3, 1.45 * q + 0.3), layout="constrained")
+    axes = np.asarray(fig.subplots(q, k + 1, squeeze=False))
+    q_names = list(query_class_names if query_class_names is not None else class_names)
+    for r in range(q):
+        axes[r, 0].imshow(q_img[r], interpolation="nearest")
+        qlab = None if query_labels is None else int(_np(query_labels)[r])
+        axes[r, 0].set_title("query" + (f"\n{q_names[qlab]}" if qlab is not None else ""), fontsize=7,
+                             fontweight="bold")
+        for j in range(k):
+            ax = axes[r, j + 1]
+            ax.imshow(t_img[idx[r, j]], interpolation="nearest")
+            lab = int(t_lab[idx[r, j]])
+            same_classes = qlab is not None and query_class_names is None  # else labels are not comparable
+            colour = (RIGHT if lab == qlab else WRONG) if same_classes else "black"
+            ax.set_title(f"{j + 1}: {class_names[lab]}", fontsize=7, color=colour)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _save(fig, path)
+
+
+def _floor_value(results: dict, metric: str, floor):
+    if floor is not None:
+        return floor.get(metric) if isinstance(floor, dict) else floor
+    vals = [r[f"random_init_{metric}"] for r in results.values() if f"random_init_{metric}" in r]
+    return float(np.mean(vals)) if vals else None
+
+
+def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None, labels=None,
+                   title: str | None = None, path=None) -> Figure:
+    """Grouped bars: for each method / sweep point (the keys of ``results``, each an eval.json
+    ``summary`` dict), one bar per metric (accuracy in %). The random-init floor is drawn as a
+    dashed line per metric: ``floor`` ({metric: value} or one value), else the mean of the
+    summaries' ``random_init_<metric>`` entries.
+    """
+    names = list(results)
+    if not names:
+        raise ValueError("comparison_bar: no results")
+    labels = labels or {m: _label(m) for m in metrics}
+    fig = Figure(figsize=(max(5.0, 1.1 * len(names) * max(1, len(metrics)) / 1.6 + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(metrics)
+    x = np.arange(len(names))
+    colours = _palette(max(len(metrics), 2))
+    for i, m in enumerate(metrics):
+        vals = np.array([100 * results[n][m] if results[n].get(m) is not None else np.nan for n in names])
+        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, vals, width, color=colours[i], label=labels.get(m, m))
+        for b, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        f = _floor_value(results, m, floor)
+        if f is not None:
+            ax.axhline(100 * f, color=colours[i], ls="--", lw=1.2, zorder=3, label=f"{labels.get(m, m)}: random init")
+    ax.set_xticks(x, names, rotation=20 if max(len(n) for n in names) > 10 else 0, ha="right" if
+                  max(len(n) for n in names) > 10 else "center")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def ablation_plot(rows: list[dict], axis_key: str, metrics=("val_knn", "ood_knn"), *, group_key: str | None = None,
+                  log_x: bool | None = None, title: str | None = None, path=None) -> Figure:
+    """A sweep table (list of dicts, e.g. config values + eval summaries) as lines: ``metrics``
+    (accuracies in [0, 1], drawn in %) against ``axis_key``, one line per metric (and per value of
+    ``group_key``). Numeric axes are sorted, on a log scale when positive and spanning more than
+    two decades (log_x overrides); other values are placed in first-seen order.
+    """
+    rows = [r for r in rows if r.get(axis_key) is not None]
+    if not rows:
+        raise ValueError(f"ablation_plot: no rows with {axis_key!r}")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get(group_key) if group_key else None, []).append(r)
+    xs_all = [r[axis_key] for r in rows]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs_all)
+    if numeric:
+        positive = min(xs_all) > 0
+        if log_x is None:
+            log_x = positive and max(xs_all) / min(xs_all) > 100
+    else:
+        categories = list(dict.fromkeys(map(str, xs_all)))
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    colours = _palette(max(len(metrics) * len(groups), 2))
+    styles = ["-o", "--s", ":^", "-.v"]
+    c = 0
+    for g, grows in groups.items():
+        grows = sorted(grows, key=lambda r: r[axis_key]) if numeric else grows
+        x = [r[axis_key] for r in grows] if numeric else [categories.index(str(r[axis_key])) for r in grows]
+        for mi, m in enumerate(metrics):
+            y = [100 * r[m] if r.get(m) is not None else np.nan for r in grows]
+            label = _label(m) + (f" ({group_key}={g})" if group_key else "")
+            ax.plot(x, y, styles[mi % len(styles)], color=colours[c % len(colours)], ms=4, label=label)
+            c += 1
+    if numeric and log_x:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set(xlabel=axis_key, ylabel="accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
