@@ -19,7 +19,7 @@ TINY = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim
 def tiny_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
-                   ood_per_class=8)
+                   ood_per_class=8, size=32)
     return folder, data.load_dataset(folder)
 
 
@@ -106,3 +106,17 @@ def test_warmup_cosine_schedule():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_short_run_loss_falls(tmp_path):
+    """The SSL loss falls within a few epochs for every method. (Whether the features beat the
+    random-init floor takes CPU-minutes on 64x64 images: benchmarks/learning.py and the demo's
+    report check that, not the test suite.)"""
+    data.make_demo(tmp_path / "d", seed=0, n_id_classes=4, n_ood_classes=2, train_per_class=32, val_per_class=8,
+                   ood_per_class=8, size=32)
+    ds = data.load_dataset(tmp_path / "d")
+    for method in ("simclr", "byol", "barlow"):
+        cfg = config.load(None, {**TINY, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0})
+        train.train(cfg, ds, tmp_path / method, progress=False)
+        losses = [m["train_loss"] for m in train.read_metrics(tmp_path / method)]
+        assert losses[-1] < 0.9 * losses[0], (method, losses)
