@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export MPLBACKEND := Agg
 
-.PHONY: setup tex data demo test report clean
+.PHONY: setup tex data demo test report sweep clean
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
@@ -25,6 +25,49 @@ data: setup data/demo/train.npz
 
 data/demo/train.npz:
 	$(BIN)/selfsup data demo --out data/demo
+
+# ---- the workbook pipeline: every notebook executed by papermill, its executed copy under runs/notebooks/
+DATA ?= data/demo
+RUN ?= runs/final
+SWEEP ?= configs/sweeps/demo.yaml
+NB_OUT := runs/notebooks
+# The demo's method comparison and sweep are shortened versions of configs/demo.yaml so that the
+# whole demo fits ~15 minutes on a 2-core CPU; the final run uses the preset unchanged.
+# The linear probes are left to the final run: on this CPU they cost more than the 3 epochs.
+COMPARE_OVERRIDES ?= {epochs: 3}
+COMPARE_EVAL ?= {table: false, linear: false}
+define EXPORT_REPORT
+@mkdir -p $(NB_OUT)
+$(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data $(DATA) -p final_run $(RUN)
+cp reports/report.ipynb $(NB_OUT)/05_report.ipynb
+endef
+# --log-output streams the cells' output (sweep lines, training progress) to the terminal.
+PAPERMILL := $(BIN)/papermill --kernel python3 --log-output
+
+demo: setup tex data  ## the whole pipeline on the demo data -> figures/Figure1-3.png, reports/report.{html,pdf,md}
+	@mkdir -p $(NB_OUT)
+	@echo "== [1/6] $$(date +%T) methods compared: SimCLR, BYOL, Barlow Twins -> runs/compare_demo/"
+	$(PAPERMILL) notebooks/01_compare_methods.ipynb $(NB_OUT)/01_compare_methods.ipynb \
+		-p config configs/demo.yaml -p data $(DATA) -y 'overrides: $(COMPARE_OVERRIDES)' \
+		-y 'eval_options: $(COMPARE_EVAL)'
+	@echo "== [2/6] $$(date +%T) ablation sweep $(SWEEP) -> runs/demo/"
+	$(BIN)/selfsup sweep $(SWEEP) --data $(DATA)
+	@echo "== [3/6] $$(date +%T) ablation tables and plots"
+	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb
+	@echo "== [4/6] $$(date +%T) final run: configs/demo.yaml -> $(RUN)/"
+	$(PAPERMILL) notebooks/03_train.ipynb $(NB_OUT)/03_train.ipynb \
+		-p config configs/demo.yaml -p data $(DATA) -p run_dir $(RUN) -p resume True
+	@echo "== [5/6] $$(date +%T) evaluation and Figures 1-3 -> figures/"
+	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data $(DATA)
+	@echo "== [6/6] $$(date +%T) report -> reports/report.{html,pdf,md}"
+	$(EXPORT_REPORT)
+	@echo "$$(date +%T) done: figures/Figure1-3.png, reports/report.html, reports/report.pdf, reports/report.md"
+
+report: setup  ## export notebooks/05_report.ipynb (results of DATA, RUN and runs/) -> reports/report.{html,pdf,md}
+	$(EXPORT_REPORT)
+
+sweep: setup  ## run a sweep file, resumable:  make sweep SWEEP=configs/sweeps/course_temperature.yaml [DATA=data/course]
+	$(BIN)/selfsup sweep $(SWEEP) $(if $(filter command line,$(origin DATA)),--data $(DATA))
 
 test: setup tex  ## the test suite (CPU, offline, a few minutes)
 	$(BIN)/python -m pytest -q

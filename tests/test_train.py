@@ -56,6 +56,7 @@ def test_run_folder_describes_itself(tiny_data, tmp_path):
     assert config.from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["status"] == "finished" and run["config_hash"] == cfg.hash()
+    assert run["data_fingerprint"] == data.fingerprint(ds.train)
     assert run["environment"]["torch"] == torch.__version__ and run["wall_clock_s"] > 0
     metrics = train.read_metrics(tmp_path)
     assert [m["epoch"] for m in metrics] == [1, 2]
@@ -73,6 +74,10 @@ def test_run_folder_is_never_overwritten(tiny_data, tmp_path):
         train.train(cfg, ds, tmp_path, progress=False)
     with pytest.raises(RunError, match="different settings"):
         train.train(cfg.replace(lr=0.5), ds, tmp_path, resume=True, progress=False)
+    other = data.Dataset(data.Split(ds.train.images[::-1].copy(), ds.train.labels[::-1].copy(), ds.train.class_names),
+                         ds.val, ds.ood)
+    with pytest.raises(RunError, match="different data"):
+        train.train(cfg, other, tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
     with pytest.raises(ConfigError, match="batch_size"):
         train.train(cfg.replace(batch_size=10_000), ds, tmp_path / "new", progress=False)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import __version__
 from .augment import TwoViews
 from .config import Config, ConfigError
-from .data import Dataset
+from .data import Dataset, fingerprint
 from .methods import build_method
 
 
@@ -242,6 +242,7 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
     gen = torch.Generator(device).manual_seed(cfg.seed)  # data order and augmentation
     loss_fn = _compiled(model.loss) if cfg.compile else model.loss
 
+    data_id = fingerprint(data.train)
     start_epoch, elapsed = 0, 0.0
     if resume:
         # On CPU first: generator states must be CPU tensors; load_state_dict moves the rest.
@@ -249,6 +250,9 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
         if state["config_hash"] != cfg.hash():
             raise RunError(f"{ckpt_path}: was written with different settings (config hash "
                            f"{state['config_hash']} != {cfg.hash()}); resume with the same config")
+        if state.get("data_fingerprint", data_id) != data_id:
+            raise RunError(f"{ckpt_path}: was trained on different data (train set fingerprint "
+                           f"{state['data_fingerprint']} != {data_id}); resume with the same --data")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -262,8 +266,8 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
         (run_dir / "metrics.jsonl").write_text("")
 
     write_json(run_dir / "config.json", cfg.to_dict())
-    run_info = dict(status="running", config_hash=cfg.hash(), started=_now(), environment=environment(device),
-                    train_images=n, steps_per_epoch=steps_per_epoch)
+    run_info = dict(status="running", config_hash=cfg.hash(), data_fingerprint=data_id, data=data.train.source,
+                    started=_now(), environment=environment(device), train_images=n, steps_per_epoch=steps_per_epoch)
     write_json(run_dir / "run.json", run_info)
 
     bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress,
@@ -303,7 +307,7 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
         record["elapsed"] = elapsed
 
         if last or epoch + 1 == end_epoch or (epoch + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_path, model, opt, sched, gen, cfg, epoch + 1, elapsed)
+            save_checkpoint(ckpt_path, model, opt, sched, gen, cfg, epoch + 1, elapsed, data_id)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     bar.close()
@@ -321,12 +325,12 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
     return run_info
 
 
-def save_checkpoint(path: Path, model, opt, sched, gen, cfg, epoch, elapsed) -> None:
+def save_checkpoint(path: Path, model, opt, sched, gen, cfg, epoch, elapsed, data_id) -> None:
     """Everything needed to continue exactly: weights (with BYOL's EMA target), optimizer,
     scheduler, RNG states and progress. Written to a temp file, then renamed (atomic)."""
     state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                  generator=gen.get_state(), torch_rng=torch.get_rng_state(), epoch=epoch, elapsed=elapsed,
-                 config=cfg.to_dict(), config_hash=cfg.hash())
+                 config=cfg.to_dict(), config_hash=cfg.hash(), data_fingerprint=data_id)
     tmp = path.with_suffix(".pt.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -1,0 +1,171 @@
+"""The notebooks: stored clean, and every one runs top to bottom under papermill with smoke
+parameters (a tiny generated dataset, a tiny config). One session fixture trains the tiny run
+through notebooks/03_train.ipynb; the other notebooks use it. About two minutes on two CPU cores.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from selfsup import data, report, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+TINY = dict(method="simclr", temperature=0.1, backbone="convnet", width=4, proj_hidden=16, proj_dim=8,
+            pred_hidden=16, image_size=32, optimizer="adamw", lr=2e-3, batch_size=16, epochs=2,
+            warmup_epochs=0, device="cpu")
+# The probes are what takes time on a tiny set; the final run keeps them (04 and 05 show them).
+FAST_EVAL = {"table": False, "linear": False}
+
+
+def execute(name, out_dir, cwd=REPO, **parameters):
+    """Run notebooks/<name> with papermill; returns the executed notebook."""
+    out = Path(out_dir) / name
+    sweep.execute_notebook(REPO / "notebooks" / name, out, parameters, cwd=cwd)
+    return nbformat.read(out, as_version=4)
+
+
+def outputs(nb, mime):
+    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if mime in o.get("data", {})]
+
+
+def recorded(nb):
+    """The JSON the notebook's last cell recorded."""
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    return [o["data"]["application/json"] for o in last.outputs if "application/json" in o.get("data", {})][0]
+
+
+def pdf_text(path) -> str:
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        if shutil.which("pdftotext") is None:
+            pytest.skip("neither pypdf nor pdftotext (poppler-utils) to read the PDF")
+        text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
+        return " ".join(text.split())
+    text = "\n".join(page.extract_text() for page in PdfReader(str(path)).pages)
+    return " ".join(text.split())  # table cells wrap: compare with whitespace collapsed
+
+
+@pytest.fixture(scope="session")
+def ws(tmp_path_factory):
+    """A tiny workspace: data, preset, and a finished, evaluated run trained by notebook 03."""
+    root = tmp_path_factory.mktemp("workbook")
+    data.make_demo(root / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=8,
+                   ood_per_class=10, size=32)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    ws = dict(root=root, data=root / "data", preset=root / "tiny.yaml", runs=root / "runs",
+              run=root / "runs" / "final", figures=root / "figures", out=root / "executed")
+    ws["nb03"] = execute("03_train.ipynb", ws["out"], root=str(REPO), config=str(ws["preset"]), data=str(ws["data"]),
+                         run_dir=str(ws["run"]), overrides={"epochs": 2}, progress=False)
+    return ws
+
+
+def test_notebooks_are_stored_clean():
+    assert [p.name for p in NOTEBOOKS] == ["01_compare_methods.ipynb", "02_ablations.ipynb", "03_train.ipynb",
+                                           "04_evaluate.ipynb", "05_report.ipynb"]
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == "python3", path
+        assert set(nb.metadata) <= {"kernelspec", "language_info"}, path
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{path}: outputs stored"
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1 and tagged[0] is code[0], f"{path}: one parameters cell, the first code cell"
+        params = tagged[0].source
+        assert re.search(r"^root = None", params, flags=re.M), path
+        for c in code:  # no library logic pasted into notebooks: nothing defined in a cell
+            assert not re.search(r"^\s*(def|class) ", c.source, flags=re.M), f"{path}: defines a function"
+
+
+def test_03_train_writes_an_evaluated_run(ws):
+    run = ws["run"]
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "run.json", "eval.json",
+                 "summary.json"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    rec = recorded(ws["nb03"])
+    assert rec["status"] == "finished" and rec["epochs"] == 2 and rec["config"]["width"] == 4
+    assert 0 <= rec["val_knn"] <= 1 and 0 <= rec["val_linear"] <= 1
+    assert any("k-NN, course protocol" in md for md in outputs(ws["nb03"], "text/markdown"))
+    assert outputs(ws["nb03"], "image/png")  # the curves
+
+
+def test_03_resume_of_a_finished_run_returns_at_once(ws, tmp_path):
+    metrics = (ws["run"] / "metrics.jsonl").read_text()
+    nb = execute("03_train.ipynb", tmp_path, root=str(REPO), config=str(ws["preset"]), data=str(ws["data"]),
+                 run_dir=str(ws["run"]), overrides={"epochs": 2}, resume=True, evaluate=False, progress=False)
+    assert recorded(nb)["status"] == "finished"
+    assert (ws["run"] / "metrics.jsonl").read_text() == metrics
+
+
+def test_04_evaluate_figures_tables_explorer(ws):
+    # cwd = notebooks/ and root detected: the layout JupyterLab users have
+    nb = execute("04_evaluate.ipynb", ws["out"], cwd=REPO / "notebooks", run_dir=str(ws["run"]), data=str(ws["data"]),
+                 figures=str(ws["figures"]), n_images=4, tsne_classes=2)
+    for i in (1, 2, 3):
+        assert (ws["figures"] / f"Figure{i}.png").stat().st_size > 1000
+    md = "\n".join(outputs(nb, "text/markdown"))
+    assert "| split | features | metric | k=1 | k=5 | k=20 |" in md  # the protocol table (k=200 > set size)
+    assert "projector" in md and "cosine" in md
+    assert outputs(nb, "application/vnd.jupyter.widget-view+json")  # the explorer was built and shown
+    assert report.figures_current(ws["run"], ws["data"], ws["figures"])
+
+
+def test_01_compare_methods_and_02_ablations(ws):
+    nb = execute("01_compare_methods.ipynb", ws["out"], root=str(REPO), config=str(ws["preset"]),
+                 data=str(ws["data"]), runs=str(ws["runs"]), figures=str(ws["figures"]), overrides={"epochs": 1},
+                 method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL)
+    rec = recorded(nb)
+    assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == {"simclr", "byol", "barlow"}
+    rows = sweep.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
+    assert {r["method"]: r["status"] for r in rows} == {"simclr": "finished", "byol": "finished",
+                                                         "barlow": "finished"}
+    assert {r["point"] for r in rows} == {"method-simclr", "method-byol_lr-0.001", "method-barlow"}
+    assert (ws["figures"] / "compare_tiny.png").is_file()
+
+    # 02 over the comparison sweep: its axis (method) is shown, the course axes are "not run"
+    nb = execute("02_ablations.ipynb", ws["out"], cwd=REPO / "notebooks", runs=str(ws["runs"]),
+                 sweeps=["compare_tiny"], figures=str(ws["figures"]))
+    rec = recorded(nb)
+    assert rec["temperature"] == "not run" and rec["backbone"] == "not run"
+    assert set(rec["method"]["compare_tiny"]["values"]) == {"simclr", "byol", "barlow"}
+    md = "\n".join(outputs(nb, "text/markdown"))
+    assert "Not run" in md and "| method | status |" in md
+    # and with nothing to read at all, every axis is "not run" without an error
+    nb = execute("02_ablations.ipynb", ws["out"], root=str(REPO), runs=str(ws["root"] / "empty"))
+    assert set(recorded(nb).values()) == {"not run"}
+
+
+def test_05_report_exports_html_pdf_md(ws):
+    out = ws["root"] / "reports"
+    paths = report.export(REPO / "notebooks" / "05_report.ipynb", out,
+                          dict(root=str(REPO), data=str(ws["data"]), runs=str(ws["runs"]),
+                               final_run=str(ws["run"]), figures=str(ws["figures"])), progress=False)
+    assert [p.name for p in paths] == ["report.html", "report.md", "report.pdf"]
+    summary = json.loads((ws["run"] / "eval.json").read_text())["summary"]
+    val_knn = report.pct(summary["val_knn"])
+
+    html = (out / "report.html").read_text()
+    assert val_knn in html and "synthetic demo data" in html
+    assert "<script src=" not in html and "https://cdn" not in html  # renders offline
+    assert "report.show_markdown" not in html and "sweep.collect_results" not in html  # no code exported
+
+    md = (out / "report.md").read_text()
+    assert "## Results in- and out-of-distribution" in md and val_knn in md
+    for i in (1, 2, 3):
+        assert f"](figures/Figure{i}.png)" in md and (out / "figures" / f"Figure{i}.png").is_file()
+
+    text = pdf_text(out / "report.pdf")
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert f"k-NN, course protocol (k=5, euclidean) {val_knn}" in text  # the results table, first cell
+    assert "Figure 2. 4 random validation images" in text
+    assert "Discussion and limitations" in text
