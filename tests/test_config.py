@@ -55,6 +55,7 @@ def test_bad_files_name_the_file(tmp_path):
 def test_hash_tracks_every_field_and_heads_resolve():
     a = Config()
     assert a.hash() == Config().hash()
+    assert Config(warmup_epochs=0).hash() == config.from_dict({"warmup_epochs": 0}).hash()
     assert a.hash() != a.replace(lr=a.lr * 2).hash()
     assert Config(method="byol").heads == {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     assert Config(method="barlow", proj_hidden=64).heads["proj_hidden"] == 64

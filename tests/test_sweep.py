@@ -141,6 +141,19 @@ def test_point_state(tmp_path):
         sweep.point_state(tmp_path / "finished_other", h)
     assert (tmp_path / "finished_other" / "checkpoint.pt").exists()  # never deleted
 
+    # Runs record the fingerprint of their training data: other data is never taken as done.
+    import json
+    info = json.loads((tmp_path / "done" / "run.json").read_text())
+    (tmp_path / "done" / "run.json").write_text(json.dumps({**info, "data_fingerprint": "aaaa"}))
+    assert sweep.point_state(tmp_path / "done", h, data_id="aaaa") == "done"
+    with pytest.raises(RunError, match="done.*other data"):
+        sweep.point_state(tmp_path / "done", h, data_id="bbbb")
+    assert (tmp_path / "done" / "run.json").exists()
+    info = json.loads((tmp_path / "half" / "run.json").read_text())
+    (tmp_path / "half" / "run.json").write_text(json.dumps({**info, "data_fingerprint": "aaaa"}))
+    assert sweep.point_state(tmp_path / "half", h, data_id="bbbb") == "fresh"
+
+
 
 def test_worker_pins_one_gpu(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

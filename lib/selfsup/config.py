@@ -72,6 +72,10 @@ class Config:
     checkpoint_every: int = 1
 
     def __post_init__(self):
+        # Config(lr=1) and from_dict({"lr": 1}) must be the same config (and hash): ints become floats.
+        for f in fields(self):
+            if f.type == "float" and isinstance(getattr(self, f.name), int) and not isinstance(getattr(self, f.name), bool):
+                object.__setattr__(self, f.name, float(getattr(self, f.name)))
         check = {
             "method": METHODS, "backbone": BACKBONES, "stem": STEMS,
             "optimizer": OPTIMIZERS, "recipe": RECIPES + ("",),

@@ -51,6 +51,7 @@ import yaml
 
 from . import config
 from .config import ConfigError
+from .data import fingerprint, load_dataset
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
 SWEEP_KEYS = ("name", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
@@ -248,15 +249,22 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
 # Run-folder states
 
 
-def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True) -> str:
-    """What to do with a point's folder: "done", "resume" (same config, unfinished or not yet
-    evaluated), "fresh" (empty or cleared). Clears a folder that holds an unfinished run of
-    another config or no run at all; raises RunError for a finished run of another config."""
+def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: str | None = None) -> str:
+    """What to do with a point's folder: "done", "resume" (same config and data, unfinished or not
+    yet evaluated), "fresh" (empty or cleared). Clears a folder that holds an unfinished run of
+    another config or data, or no run at all; raises RunError for a finished run of another config
+    or trained on other data (data_id: `selfsup.data.fingerprint` of the train split)."""
     from .train import RunError
 
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
     info = _read_json(run_dir / "run.json")
+    if data_id and info.get("data_fingerprint") not in (None, data_id):
+        if info.get("status") == "finished":
+            raise RunError(f"{run_dir}: holds a finished run trained on other data (fingerprint "
+                           f"{info['data_fingerprint']}, now {data_id}); move or delete that folder")
+        shutil.rmtree(run_dir)
+        return "fresh"
     if info.get("config_hash") == cfg_hash:
         if info.get("status") == "finished":
             if evaluate and not _eval_matches(run_dir, cfg_hash):
@@ -371,6 +379,7 @@ def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Pa
     _write_definition(sweep, root)
 
     _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {root}")
+    data_id = fingerprint(load_dataset(sweep.data).train)
     tasks = []
     for p in sweep.points:
         if p.cfg is None:  # invalid values: record, do not run
@@ -378,7 +387,7 @@ def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Pa
             (p.run_dir / "error.txt").write_text(p.error + "\n")
             _log(progress, f"[{sweep.name}] {p.slug}: invalid ({p.error})")
             continue
-        state = point_state(p.run_dir, p.cfg.hash(), sweep.evaluate)
+        state = point_state(p.run_dir, p.cfg.hash(), sweep.evaluate, data_id)
         if state == "done":
             _log(progress, f"[{sweep.name}] {p.slug}: finished earlier, skipped")
             continue
