@@ -474,12 +474,18 @@ def figure_caption(key: str, figures_dir) -> str:
 # Ablations (notebooks 02 and 05)
 
 
+def result_columns(key: str, label: str) -> list:
+    """Columns of a results table (comparison or sweep): accuracies beside their random-init floors."""
+    return [(key, label), ("status", "status"), ("epochs", "epochs"),
+            ("val_knn", "k-NN val", pct), ("random_init_val_knn", "k-NN val, random init", pct),
+            ("ood_knn", "k-NN OOD", pct), ("random_init_ood_knn", "k-NN OOD, random init", pct),
+            ("val_linear", "linear val", pct), ("random_init_val_linear", "linear val, random init", pct),
+            ("ood_linear", "linear OOD", pct)]
+
+
 def ablation_columns(axis: str) -> list:
     seconds = lambda v: fmt(v) if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0f}"  # noqa: E731
-    return [(axis, axis), ("status", "status"), ("epochs", "epochs"), ("val_knn", "k-NN val", pct),
-            ("ood_knn", "k-NN OOD", pct), ("val_linear", "linear val", pct), ("ood_linear", "linear OOD", pct),
-            ("random_init_val_knn", "k-NN val, random init", pct), ("train_loss", "final loss"),
-            ("wall_clock_s", "train time (s)", seconds)]
+    return result_columns(axis, axis) + [("train_loss", "final loss"), ("wall_clock_s", "train time (s)", seconds)]
 
 
 def show_ablation(results, axis: str, figures_dir=None, level: int = 3, metric: str = "val_knn") -> dict:
