@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from selfsup.losses import barlow_twins_loss, byol_loss, nt_xent
 

@@ -5,14 +5,13 @@ through notebooks/03_train.ipynb; the other notebooks use it. About two minutes 
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
+from helpers import pdf_text
 from selfsup import data, report, sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,18 +39,6 @@ def recorded(nb):
     """The JSON the notebook's last cell recorded."""
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     return [o["data"]["application/json"] for o in last.outputs if "application/json" in o.get("data", {})][0]
-
-
-def pdf_text(path) -> str:
-    try:
-        from pypdf import PdfReader
-    except ImportError:
-        if shutil.which("pdftotext") is None:
-            pytest.skip("neither pypdf nor pdftotext (poppler-utils) to read the PDF")
-        text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
-        return " ".join(text.split())
-    text = "\n".join(page.extract_text() for page in PdfReader(str(path)).pages)
-    return " ".join(text.split())  # table cells wrap: compare with whitespace collapsed
 
 
 @pytest.fixture(scope="session")

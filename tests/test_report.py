@@ -4,27 +4,15 @@ PDF (XeLaTeX), on a small report-shaped notebook; and the display helpers the no
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from helpers import pdf_text
 from selfsup import report
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pdf_text(path) -> str:
-    try:
-        from pypdf import PdfReader
-    except ImportError:
-        if shutil.which("pdftotext") is None:
-            pytest.skip("neither pypdf nor pdftotext (poppler-utils) to read the PDF")
-        text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True, check=True).stdout
-        return " ".join(text.split())
-    text = "\n".join(page.extract_text() for page in PdfReader(str(path)).pages)
-    return " ".join(text.split())  # table cells wrap: compare with whitespace collapsed
 
 
 @pytest.fixture
