@@ -177,21 +177,24 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """A YAML file holding a mapping (an empty file is {}); any problem is a one-line ConfigError
+    naming the file. `what` names the kind of file in the messages ("config", "sweep")."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a mapping of {what} keys, got {type(d).__name__}")
+    return d
+
+
 def load(path: str | Path | None = None, overrides: dict | None = None) -> Config:
     """Load a preset YAML (a mapping of Config keys) and apply overrides on top."""
-    d = {}
-    source = "overrides"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(d).__name__}")
-        source = str(path)
+    d, source = ({}, "overrides") if path is None else (read_yaml_mapping(path), str(path))
     cfg = from_dict(d, source)
     if overrides:
         cfg = from_dict({**cfg.to_dict(), **overrides}, "overrides")

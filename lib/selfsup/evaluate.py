@@ -889,11 +889,6 @@ def _summary(trained: dict, floor: dict | None) -> dict:
     return s
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj) + "\n")  # compact: it holds per-image predictions
-    os.replace(tmp, path)
-
 
 def load_run_model(run_dir, device="cpu") -> tuple:
     """(config, model) of a finished run: the method built from config.json with the trained encoder
@@ -950,6 +945,7 @@ def evaluate_run(run_dir, data_dir, device=None, *, table: bool = True, linear: 
     evaluate_encoder dicts), summary (flat headline accuracies), config, data, device, seconds.
     """
     from .data import load_dataset
+    from .train import write_json
     from .methods import build_method
 
     t0 = time.perf_counter()
@@ -986,5 +982,5 @@ def evaluate_run(run_dir, data_dir, device=None, *, table: bool = True, linear: 
                   class_names=dict(val=list(dataset.val.class_names),
                                    ood=list(dataset.ood.class_names) if dataset.ood is not None else None),
                   seconds=time.perf_counter() - t0)
-    _write_json_atomic(run_dir / "eval.json", result)
+    write_json(run_dir / "eval.json", result, indent=None)  # compact: it holds per-image predictions
     return result

@@ -17,6 +17,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .train import read_json
+
 # nbconvert's lab template, minus the scripts it fetches from CDNs (see the module docstring).
 _OFFLINE_HTML = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
@@ -302,13 +304,6 @@ def show_plot(fig, caption: str | None = None) -> None:
 # A run's results: evaluation, headline table, features, figures (notebooks 04 and 05)
 
 
-def _read_json(path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _config_hash(d) -> str | None:
     from .config import ConfigError, from_dict
 
@@ -322,7 +317,7 @@ def finished_run(run_dir) -> dict:
     """run.json of a finished run; RunError naming the folder otherwise."""
     from .train import RunError
 
-    info = _read_json(Path(run_dir) / "run.json")
+    info = read_json(Path(run_dir) / "run.json")
     if info.get("status") != "finished":
         state = info.get("status", "no run.json")
         raise RunError(f"{run_dir}: no finished run ({state}); train it first (notebooks/03_train.ipynb)")
@@ -336,7 +331,7 @@ def ensure_eval(run_dir, data_dir, force: bool = False, **kwargs) -> dict:
 
     run_dir = Path(run_dir)
     info = finished_run(run_dir)
-    ev = _read_json(run_dir / "eval.json")
+    ev = read_json(run_dir / "eval.json")
     current = (ev.get("summary") and _config_hash(ev.get("config")) == info.get("config_hash")
                and Path(ev.get("data", "")).resolve() == Path(data_dir).resolve())
     if force or not current:
@@ -449,8 +444,8 @@ def make_figures(run_dir, data_dir, figures_dir, *, n_images: int = 10, tsne_cla
 
 def figures_current(run_dir, data_dir, figures_dir) -> bool:
     """True when figures_dir holds Figures 1-3 made (by make_figures) from this run and data."""
-    m = _read_json(Path(figures_dir) / "figures.json")
-    info = _read_json(Path(run_dir) / "run.json")
+    m = read_json(Path(figures_dir) / "figures.json")
+    info = read_json(Path(run_dir) / "run.json")
     return (bool(m) and m.get("run_dir") == str(Path(run_dir).resolve())
             and m.get("data") == str(Path(data_dir).resolve()) and m.get("config_hash") == info.get("config_hash")
             and all((Path(figures_dir) / f"Figure{i}.png").is_file() for i in (1, 2, 3)))
@@ -458,7 +453,7 @@ def figures_current(run_dir, data_dir, figures_dir) -> bool:
 
 def figure_caption(key: str, figures_dir) -> str:
     """The caption of Figure1..3 as made by make_figures (its settings from figures.json)."""
-    m = _read_json(Path(figures_dir) / "figures.json")
+    m = read_json(Path(figures_dir) / "figures.json")
     n, k = m.get("n_images", 10), m.get("tsne_classes", 20)
     return {
         "Figure1": "Figure 1. Training curves of the final run: SSL loss on training and validation images "

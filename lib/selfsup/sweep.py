@@ -47,11 +47,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from . import config
 from .config import ConfigError
 from .data import fingerprint, load_dataset
+from .train import read_json
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
 SWEEP_KEYS = ("name", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
@@ -158,14 +158,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     else:
         path = Path(file)
         source, stem = str(path), path.stem
-        if not path.is_file():
-            raise ConfigError(f"{path}: sweep file not found")
-        try:
-            spec = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+        spec = config.read_yaml_mapping(path, "sweep")
     for key in spec:
         if key not in SWEEP_KEYS:
             raise ConfigError(f"{source}: unknown sweep key {key!r} (known: {', '.join(SWEEP_KEYS)})")
@@ -258,7 +251,7 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
 
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
-    info = _read_json(run_dir / "run.json")
+    info = read_json(run_dir / "run.json")
     if data_id and info.get("data_fingerprint") not in (None, data_id):
         if info.get("status") == "finished":
             raise RunError(f"{run_dir}: holds a finished run trained on other data (fingerprint "
@@ -282,20 +275,13 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
 
 def _eval_matches(run_dir: Path, cfg_hash: str) -> bool:
     """eval.json exists and was computed for this config (it records the config it evaluated)."""
-    ev = _read_json(run_dir / "eval.json")
+    ev = read_json(run_dir / "eval.json")
     if not ev.get("summary"):
         return False
     try:
         return config.from_dict(ev.get("config", {})).hash() == cfg_hash
     except ConfigError:
         return False
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,9 +458,9 @@ def run_summary(run_dir: str | Path) -> dict:
     from .train import read_metrics
 
     run_dir = Path(run_dir)
-    info = _read_json(run_dir / "run.json")
+    info = read_json(run_dir / "run.json")
     metrics = read_metrics(run_dir)
-    summary = _read_json(run_dir / "eval.json").get("summary", {})
+    summary = read_json(run_dir / "eval.json").get("summary", {})
     out = dict(status=info.get("status", "missing"), epochs=len(metrics),
                train_loss=metrics[-1]["train_loss"] if metrics else math.nan,
                wall_clock_s=info.get("wall_clock_s", math.nan), config_hash=info.get("config_hash", ""))

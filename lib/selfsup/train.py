@@ -138,10 +138,19 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj, indent: int | None = 2) -> None:
+    """Write JSON atomically (a temp file, then rename): readers never see half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def read_json(path) -> dict:
+    """A run folder's JSON file as a dict; {} when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
