@@ -2,7 +2,8 @@
 
     python benchmarks/learning.py --data PATH/tinyimagenet-10 --epochs 8
 
-Trains each method with a preset (default configs/demo.yaml: the small convnet backbone, CPU-sized),
+Trains each method with a preset (default configs/demo.yaml: the small convnet backbone, CPU-sized,
+with its per-method sections),
 evaluates it with `evaluate_run` (course 5-NN, weighted k-NN, linear probe; val and OOD), and prints
 the trained numbers beside the random-init encoder of the same architecture. Writes JSON to --out.
 A real-image learning check takes ~10-30 CPU-minutes per method, so it is a benchmark, not a test.
@@ -31,7 +32,10 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--runs", default="benchmarks/out/learning")
     p.add_argument("--out", default="benchmarks/out/learning.json")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     ds = data.load_dataset(args.data)
     rows = []

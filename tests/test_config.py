@@ -60,3 +60,27 @@ def test_hash_tracks_every_field_and_heads_resolve():
     assert Config(method="byol").heads == {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     assert Config(method="barlow", proj_hidden=64).heads["proj_hidden"] == 64
     assert Config(method="byol").aug_recipe == "asymmetric" and Config().aug_recipe == "simclr"
+
+
+def test_method_sections_apply_to_their_method_only(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: simclr\nlr: 0.004\nepochs: 3\nbarlow:\n  proj_dim: 2048\n  lr: 0.001\n"
+                      "byol:\n  byol_momentum: 0.9\n")
+    simclr = config.load(preset)
+    assert (simclr.lr, simclr.proj_dim, simclr.byol_momentum) == (0.004, 0, 0.99)
+    barlow = config.load(preset, {"method": "barlow"})
+    assert (barlow.method, barlow.lr, barlow.proj_dim, barlow.epochs) == ("barlow", 0.001, 2048, 3)
+    assert config.load(preset, {"method": "barlow", "lr": 0.5}).lr == 0.5  # overrides win over the section
+    assert config.load(preset, {"method": "byol"}).byol_momentum == 0.9
+
+
+@pytest.mark.parametrize("text, match", [
+    ("barlow: 3\n", "p.yaml: section 'barlow': expected a mapping"),
+    ("byol:\n  lrr: 0.1\n", "p.yaml: section 'byol': unknown key 'lrr'"),  # checked though simclr is chosen
+    ("barlow:\n  method: byol\n", "section 'barlow': may not set 'method'"),
+])
+def test_bad_method_sections_name_file_and_section(tmp_path, text, match):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        config.load(preset)

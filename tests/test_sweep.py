@@ -95,6 +95,16 @@ def test_points_grid_axes_points_and_merging(tmp_path, preset):
     assert all(p.run_dir == tmp_path / "runs" / "t" / p.slug for p in s.points)
 
 
+
+def test_method_points_take_their_preset_section(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "barlow": {"proj_dim": 48}}))
+    s = sweep.load_sweep(dict(preset=str(path), data="d", overrides={"lr": 0.002},
+                              points=[{"method": "simclr"}, {"method": "barlow"}]))
+    cfgs = {p.slug: p.cfg for p in s.points}
+    assert cfgs["method-barlow"].proj_dim == 48 and cfgs["method-barlow"].lr == 0.002
+    assert cfgs["method-simclr"].proj_dim == TINY["proj_dim"]
+
 # ---------------------------------------------------------------------------------------------
 # Point folders
 

@@ -193,9 +193,26 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
 
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> Config:
-    """Load a preset YAML (a mapping of Config keys) and apply overrides on top."""
+    """Load a preset YAML (a mapping of Config keys) and apply overrides on top.
+
+    A preset may also hold one section per method (`barlow: {proj_dim: 2048}`): the section of the
+    method finally chosen (by the preset or the overrides) applies over the preset's keys, and the
+    overrides over both. So one preset trains every method with settings that suit it, and
+    `--set method=barlow` picks up Barlow Twins' section. Every section is checked, used or not.
+    """
     d, source = ({}, "overrides") if path is None else (read_yaml_mapping(path), str(path))
+    sections = {m: d.pop(m) for m in METHODS if m in d}
     cfg = from_dict(d, source)
+    for m, section in sections.items():
+        where = f"{source}: section {m!r}"
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: expected a mapping of config keys, got {type(section).__name__}")
+        if "method" in section:
+            raise ConfigError(f"{where}: may not set 'method' (the section is chosen by it)")
+        from_dict({**d, **section, "method": m}, where)
+    method = (overrides or {}).get("method", cfg.method)
+    if method in sections:
+        cfg = from_dict({**cfg.to_dict(), **sections[method]}, f"{source}: section {method!r}")
     if overrides:
         cfg = from_dict({**cfg.to_dict(), **overrides}, "overrides")
     return cfg

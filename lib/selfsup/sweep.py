@@ -188,7 +188,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         raise ConfigError(f"{source}: key 'parameters' may not set {sorted(reserved & set(parameters))} "
                           "(the sweep sets them)")
     try:  # a bad fixed override fails the whole sweep: every point needs it
-        base = config.load(preset, fixed)
+        config.load(preset, fixed)
     except ConfigError as e:
         raise ConfigError(f"{source}: key 'overrides' or preset {preset}: {e}") from None
 
@@ -217,7 +217,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
             if k not in keys:
                 keys.append(k)
         try:
-            p.cfg = base.replace(**p.overrides)
+            p.cfg = config.load(preset, {**fixed, **p.overrides})  # a point's method picks its section
         except ConfigError as e:
             p.error = str(e)
         ident = p.cfg.hash() if p.cfg else f"invalid:{_slug(p.overrides)}"
