@@ -59,6 +59,7 @@ def test_hash_tracks_every_field_and_heads_resolve():
     assert a.hash() != a.replace(lr=a.lr * 2).hash()
     assert Config(method="byol").heads == {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     assert Config(method="barlow", proj_hidden=64).heads["proj_hidden"] == 64
+    assert Config(method="barlow", pred_hidden=512).heads["pred_hidden"] == 0  # only BYOL has a predictor
     assert Config(method="byol").aug_recipe == "asymmetric" and Config().aug_recipe == "simclr"
 
 

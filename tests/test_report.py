@@ -116,3 +116,17 @@ def test_protocol_and_headline_tables():
     rows = report.headline_rows(ev)
     assert [r["protocol"] for r in rows] == ["k-NN, course protocol (k=5, euclidean)", "linear probe"]
     assert rows[0]["floor_ood"] == 0.15 and rows[1]["ood"] is None
+
+
+def test_settings_that_differ_are_resolved_as_trained(tmp_path):
+    from selfsup.config import Config
+
+    runs = {}
+    for cfg in (Config(method="simclr", proj_hidden=64), Config(method="barlow", proj_hidden=64, lr=5e-4)):
+        runs[cfg.method] = tmp_path / cfg.method
+        runs[cfg.method].mkdir()
+        (runs[cfg.method] / "config.json").write_text(json.dumps(cfg.to_dict()))
+    differ = report.settings_that_differ(runs)
+    # same proj_hidden, so not listed; head width and recipe are the methods' own defaults
+    assert differ == {"simclr": {"proj_dim": 128, "recipe": "simclr", "lr": 1e-3},
+                      "barlow": {"proj_dim": 8192, "recipe": "asymmetric", "lr": 5e-4}}

@@ -99,7 +99,7 @@ class Config:
     def heads(self) -> dict:
         d = dict(HEAD_DEFAULTS[self.method])
         for k in d:
-            if getattr(self, k):
+            if getattr(self, k) and (k != "pred_hidden" or self.method == "byol"):  # only BYOL predicts
                 d[k] = getattr(self, k)
         return d
 

@@ -236,6 +236,20 @@ def config_markdown(cfg) -> str:
     return markdown_table(rows, [("key", "key"), ("value", "value"), ("default", "default")])
 
 
+def settings_that_differ(run_dirs: dict) -> dict[str, dict]:
+    """{name: run folder} -> {name: {key: value}}: the settings, as trained, in which the runs differ
+    ('method' aside; the augmentation recipe and head sizes resolved as the method uses them)."""
+    from .config import from_dict
+
+    resolved = {}
+    for name, run_dir in run_dirs.items():
+        cfg = from_dict(read_json(Path(run_dir) / "config.json"), f"{run_dir}/config.json")
+        resolved[name] = {**cfg.to_dict(), "recipe": cfg.aug_recipe, **cfg.heads}
+    keys = [k for k in next(iter(resolved.values()), {})
+            if k != "method" and len({repr(r[k]) for r in resolved.values()}) > 1]
+    return {name: {k: r[k] for k in keys} for name, r in resolved.items()}
+
+
 def show_markdown(text: str) -> None:
     """Display Markdown as cell output: how the notebooks put numbers from results into prose."""
     from IPython.display import Markdown, display
