@@ -41,13 +41,13 @@ def features(n_train: int, n_test: int, dim: int, n_classes: int, seed: int = 0)
     return x_train, y_train, x_test, y_test
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-train", type=int, default=100_000)
-    p.add_argument("--n-test", type=int, default=10_000)
+def feature_benchmark_args(doc: str, n_train: int, n_test: int) -> argparse.ArgumentParser:
+    """The options knn.py and probe.py share: feature sizes, device, threads, seed, output folder."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--n-train", type=int, default=n_train)
+    p.add_argument("--n-test", type=int, default=n_test)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--k", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (our side; scikit-learn is always CPU)")
     p.add_argument("--skip-sklearn", action="store_true")
     p.add_argument("--threads", type=int, default=0,
@@ -55,17 +55,29 @@ def main(argv=None) -> dict:
                         "other jobs, 1 avoids OpenMP spin-wait contention")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).parent / "out"))
-    args = p.parse_args(argv)
+    return p
+
+
+def setup(args) -> torch.device:
+    """Apply --threads; the device --device names (auto: cuda when there is one)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def main(argv=None) -> dict:
+    p = feature_benchmark_args(__doc__, n_train=100_000, n_test=10_000)
+    p.add_argument("--k", type=int, default=5)
+    args = p.parse_args(argv)
+    device = setup(args)
 
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
 
     from selfsup.evaluate import knn_predict
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
     t = time.perf_counter()
     x_train, y_train, x_test, y_test = features(args.n_train, args.n_test, args.dim, args.classes, args.seed)
     print(f"features: train {x_train.shape}, test {x_test.shape}, float32, {(x_train == 0).mean():.0%} zeros "

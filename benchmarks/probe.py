@@ -14,7 +14,6 @@ Writes benchmarks/out/probe_<device>_<n-train>x<dim>_<classes>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,32 +24,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from knn import features  # noqa: E402  (the same synthetic features)
+from knn import feature_benchmark_args, features, setup  # noqa: E402  (the same features and options)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n-train", type=int, default=10_000)
-    p.add_argument("--n-test", type=int, default=2_000)
-    p.add_argument("--dim", type=int, default=512)
-    p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (our side; scikit-learn is always CPU)")
-    p.add_argument("--skip-sklearn", action="store_true")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads for our side (0 = torch's default); on a CPU shared with "
-                        "other jobs, 1 avoids OpenMP spin-wait contention")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(Path(__file__).parent / "out"))
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = feature_benchmark_args(__doc__, n_train=10_000, n_test=2_000).parse_args(argv)
+    device = setup(args)
 
     from sklearn.linear_model import LogisticRegression
 
     from selfsup.evaluate import linear_probe
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
     x, y, xt, yt = features(args.n_train, args.n_test, args.dim, args.classes, args.seed)
     print(f"features: train {x.shape}, test {xt.shape}, {args.classes} classes")
     linear_probe(x[:500], y[:500], xt[:50], weight_decays=(1e-2,), epochs=5, device=device)  # warm-up
