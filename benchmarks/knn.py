@@ -128,19 +128,24 @@ def main(argv=None) -> dict:
     else:
         print()
 
-    result = dict(args=vars(args), rows=rows, accuracy=acc, identical_to_sklearn=same,
-                  environment=dict(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                                   sklearn_openmp_threads=_openmp_effective_n_threads(), cpu_count=os.cpu_count(),
-                                   processor=platform.processor() or platform.machine(),
-                                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                                   load_average=os.getloadavg()))
+    result = dict(args=vars(args), rows=rows, accuracy=acc, identical_to_sklearn=same)
+    save(result, args, device, f"knn_{device.type}_{args.n_train}x{args.dim}_{args.n_test}",
+         sklearn_openmp_threads=_openmp_effective_n_threads())
+    return result
+
+
+def save(result: dict, args, device: torch.device, stem: str, **environment) -> Path:
+    """Add the machine and versions to result and write it to --out/STEM[_tTHREADS].json."""
+    result["environment"] = dict(torch=torch.__version__, torch_threads=torch.get_num_threads(), **environment,
+                                 cpu_count=os.cpu_count(), processor=platform.processor() or platform.machine(),
+                                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                                 load_average=os.getloadavg())
     out = Path(args.out)
-    suffix = f"_t{args.threads}" if args.threads else ""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"knn_{device.type}_{args.n_train}x{args.dim}_{args.n_test}{suffix}.json"
+    path = out / f"{stem}{f'_t{args.threads}' if args.threads else ''}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
-    return result
+    return path
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Writes benchmarks/out/probe_<device>_<n-train>x<dim>_<classes>.json.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from knn import feature_benchmark_args, features, setup  # noqa: E402  (the same features and options)
+from knn import feature_benchmark_args, features, save, setup  # noqa: E402  (the same features and options)
 
 
 def main(argv=None) -> dict:
@@ -63,16 +61,8 @@ def main(argv=None) -> dict:
         diff = 100 * (rows[0]["accuracy"] - rows[1]["accuracy"])
         print(f"\naccuracy difference (ours - sklearn): {diff:+.2f} points; "
               f"speed-up {rows[1]['seconds'] / rows[0]['seconds']:.1f}x")
-    result = dict(args=vars(args), rows=rows, weight_decay=res["weight_decay"], val_accuracies=res["val_accuracies"],
-                  environment=dict(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                                   cpu_count=os.cpu_count(), load_average=os.getloadavg(),
-                                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None))
-    out = Path(args.out)
-    suffix = f"_t{args.threads}" if args.threads else ""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"probe_{device.type}_{args.n_train}x{args.dim}_{args.classes}{suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    result = dict(args=vars(args), rows=rows, weight_decay=res["weight_decay"], val_accuracies=res["val_accuracies"])
+    save(result, args, device, f"probe_{device.type}_{args.n_train}x{args.dim}_{args.classes}")
     return result
 
 
