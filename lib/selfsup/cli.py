@@ -4,6 +4,7 @@
     selfsup data convert SRC DEST --id-classes .. --ood-classes ..
     selfsup data info DIR
     selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume]
+    torchrun --nproc-per-node N -m selfsup.cli train ...   the same, data-parallel over N processes
     selfsup eval --run-dir DIR --data DIR
     selfsup sweep configs/sweeps/NAME.yaml [--data DIR] [--runs runs] [--jobs N]
     selfsup report [--notebook notebooks/05_report.ipynb] [--out reports]
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -41,7 +43,8 @@ def _train(args):
     cfg = config.load(args.config, config.parse_overrides(args.set))
     ds = data.load_dataset(args.data)
     info = train.train(cfg, ds, args.run_dir, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(info["final"]))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
+        print(json.dumps(info.get("final", {})))
 
 
 def _eval(args):

@@ -65,6 +65,7 @@ class Config:
     precision: str = "auto"  # auto = bf16 on cuda, fp32 on cpu
     compile: bool = False
     channels_last: str = "auto"  # auto = on cuda
+    sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch
     # --- monitoring ---
     knn_k: int = 5  # the course protocol: KNeighborsClassifier(n_neighbors=5)
     eval_every: int = 1  # epochs between val loss / k-NN evaluations (0 = only at the end)

@@ -5,6 +5,10 @@ BatchNorm choice (it changes what the statistics see, so it is stated, not impli
   so BN statistics mix the views and cannot leak which images pair up.
 - BYOL and Barlow Twins: ONE forward PER VIEW (B images each), as the authors' code does
   (facebookresearch/barlowtwins main.py; BYOL's per-view online/target passes).
+
+Under data-parallel training (selfsup.distributed) SimCLR and Barlow Twins gather the embeddings of
+every process before the loss, so the loss is that of the global batch; in eval mode (the
+validation loss) each process keeps to its own batch.
 """
 
 from __future__ import annotations
@@ -17,10 +21,25 @@ from torch import nn
 
 from . import losses
 from .config import Config
+from .distributed import gather
 from .models import backbone, mlp
 
 
-class SimCLR(nn.Module):
+class Method(nn.Module):
+    """What the training loop needs of a method: `loss(v1, v2)` (also its forward, which
+    DistributedDataParallel calls) and `step_target(progress)` after each optimizer step."""
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return self.loss(v1, v2)
+
+    def _global(self, z: torch.Tensor) -> torch.Tensor:
+        return gather(z) if self.training else z
+
+    def step_target(self, progress: float) -> None:
+        pass
+
+
+class SimCLR(Method):
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -32,13 +51,10 @@ class SimCLR(nn.Module):
     def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         z = self.projector(self.encoder(torch.cat([v1, v2])))  # (2B, D): one BN pass over both views
         z1, z2 = z.chunk(2)
-        return losses.nt_xent(z1, z2, self.temperature)
-
-    def step_target(self, progress: float) -> None:
-        pass
+        return losses.nt_xent(self._global(z1), self._global(z2), self.temperature)  # negatives: all ranks
 
 
-class BYOL(nn.Module):
+class BYOL(Method):
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -74,7 +90,7 @@ class BYOL(nn.Module):
             t.copy_(o)
 
 
-class BarlowTwins(nn.Module):
+class BarlowTwins(Method):
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -87,10 +103,7 @@ class BarlowTwins(nn.Module):
     def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         z1 = self.projector(self.encoder(v1))  # per-view forwards (per-view BN)
         z2 = self.projector(self.encoder(v2))
-        return losses.barlow_twins_loss(z1, z2, self.lambd)
-
-    def step_target(self, progress: float) -> None:
-        pass
+        return losses.barlow_twins_loss(self._global(z1), self._global(z2), self.lambd)  # global batch
 
 
 METHODS = {"simclr": SimCLR, "byol": BYOL, "barlow": BarlowTwins}

@@ -3,6 +3,11 @@
 The uint8 dataset sits on the device; each step draws a batch by index, augments it there
 (two views, per-image random parameters) and calls `method.loss(v1, v2)`. One torch.Generator
 drives data order and augmentation, so a run is reproducible and resumes exactly.
+
+Launched by torchrun with several processes (see selfsup.distributed), the same loop trains with
+DistributedDataParallel: every process draws the same global batch, trains on its share of it with
+its own augmentation generator (re-seeded each epoch from seed, epoch and rank, so a resumed run
+on the same number of processes repeats exactly), and process 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from . import __version__
+from . import distributed as dist
 from .augment import TwoViews
 from .config import Config, ConfigError
 from .data import Dataset, fingerprint
@@ -37,10 +43,11 @@ class RunError(RuntimeError):
 
 
 def resolve_device(cfg: Config) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {cfg.device!r} requested but CUDA is not available")
+    if cfg.device == "auto" or (cfg.device == "cuda" and dist.active()):
+        # The current CUDA device: the one torchrun's LOCAL_RANK selected for this process.
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(cfg.device)
 
 
@@ -131,7 +138,7 @@ def environment(device: torch.device) -> dict:
     info = dict(
         selfsup=__version__, python=platform.python_version(), torch=torch.__version__,
         torchvision=torchvision.__version__, numpy=np.__version__, platform=platform.platform(),
-        device=str(device), threads=torch.get_num_threads(),
+        device=str(device), threads=torch.get_num_threads(), processes=dist.world_size(),
     )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -213,27 +220,45 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
 
     stop_after: end this call after that many epochs (checkpointed; the schedule still spans
     cfg.epochs), to be continued with resume=True -- for interactive use and the resume test.
+    Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel.
     """
-    run_dir = Path(run_dir)
+    joined = dist.init_from_env()
+    try:
+        return _train(cfg, data, Path(run_dir), resume, progress, stop_after)
+    finally:
+        if joined:
+            dist.shutdown()
+
+
+def _train(cfg, data, run_dir, resume, progress, stop_after) -> dict:
+    lead = dist.rank() == 0  # process 0 writes the run folder and evaluates
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise RunError(f"{run_dir}: already holds a run (checkpoint.pt); pass --resume or choose a new --run-dir")
     if resume and not ckpt_path.exists():
         raise RunError(f"{ckpt_path}: no checkpoint to resume from")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
+    n, world = len(data.train.images), dist.world_size()
+    if cfg.batch_size > n:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the training set ({n} images)")
+    if cfg.batch_size % world:
+        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} does not split evenly over {world} processes")
     device = resolve_device(cfg)
+    if cfg.sync_bn and world > 1 and device.type != "cuda":
+        raise ConfigError("config key 'sync_bn': torch's SyncBatchNorm needs CUDA; set sync_bn=false on CPU")
+    dist.barrier()  # every process has checked the folder before process 0 writes to it
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
     amp = amp_dtype(cfg, device)
     channels_last = use_channels_last(cfg, device)
     torch.manual_seed(cfg.seed)
     model = build_method(cfg).to(device)
+    if cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     train_x = images_to_device(data.train.images, device)  # (N, 3, H, W) uint8
-    n = len(train_x)
-    if cfg.batch_size > n:
-        raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the training set ({n} images)")
     val_x = images_to_device(data.val.images, device)
     val_y = torch.from_numpy(data.val.labels)
     knn_idx = np.arange(n)
@@ -248,8 +273,12 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
         opt, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     )
     aug = TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
-    gen = torch.Generator(device).manual_seed(cfg.seed)  # data order and augmentation
-    loss_fn = _compiled(model.loss) if cfg.compile else model.loss
+    gen = torch.Generator(device).manual_seed(cfg.seed)  # data order (the same in every process)
+    aug_gen = gen if world == 1 else torch.Generator(device)  # augmentation: one per process
+    step = model.loss
+    if world > 1:
+        step = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = _compiled(step) if cfg.compile else step
 
     data_id = fingerprint(data.train)
     start_epoch, elapsed = 0, 0.0
@@ -268,27 +297,31 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, elapsed = state["epoch"], state["elapsed"]
-        # Metrics written after the last checkpoint belong to epochs that will be redone.
-        kept = [m for m in read_metrics(run_dir) if m["epoch"] <= start_epoch]
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
-    else:
+        if lead:  # metrics written after the last checkpoint belong to epochs that will be redone
+            kept = [m for m in read_metrics(run_dir) if m["epoch"] <= start_epoch]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
+    elif lead:
         (run_dir / "metrics.jsonl").write_text("")
 
-    write_json(run_dir / "config.json", cfg.to_dict())
     run_info = dict(status="running", config_hash=cfg.hash(), data_fingerprint=data_id, data=data.train.source,
                     started=_now(), environment=environment(device), train_images=n, steps_per_epoch=steps_per_epoch)
-    write_json(run_dir / "run.json", run_info)
+    if lead:
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "run.json", run_info)
 
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress,
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (progress and lead),
                desc=f"{cfg.method} {cfg.backbone}", unit="step", mininterval=1.0, file=sys.stderr)
     model.train()
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         perm = torch.randperm(n, device=device, generator=gen)
+        if world > 1:
+            aug_gen.manual_seed(_process_seed(cfg.seed, epoch, dist.rank()))
         loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
         for i in range(steps_per_epoch):
-            v1, v2 = _views(aug, train_x[perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]], gen, channels_last)
+            batch = dist.shard(perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+            v1, v2 = _views(aug, train_x[batch], aug_gen, channels_last)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = loss_fn(v1, v2)
             opt.zero_grad(set_to_none=True)
@@ -298,13 +331,15 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
             model.step_target((epoch * steps_per_epoch + i + 1) / total_steps)
             loss_sum += loss.detach()
             bar.update()
-            if i % 10 == 0:  # one sync every 10 steps for the progress bar
+            if lead and progress and i % 10 == 0:  # one sync every 10 steps for the progress bar
                 bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", refresh=False)
-        train_loss = loss_sum.item() / steps_per_epoch
+        train_loss = dist.mean(loss_sum).item() / steps_per_epoch
         if not math.isfinite(train_loss):
             raise RunError(f"{run_dir}: training loss became {train_loss} in epoch {epoch + 1}; lower 'lr'")
         epoch_time = time.perf_counter() - t0
         elapsed += epoch_time
+        if not lead:
+            continue
         record = dict(epoch=epoch + 1, train_loss=train_loss, lr=sched.get_last_lr()[0],
                       images_per_sec=steps_per_epoch * cfg.batch_size / epoch_time, epoch_time=epoch_time)
         last = epoch + 1 == cfg.epochs
@@ -322,16 +357,22 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
     bar.close()
     if end_epoch < cfg.epochs:
         run_info.update(status="stopped", epochs=end_epoch)
+    elif lead:
+        encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
+        save_file(encoder, str(run_dir / "encoder.safetensors"))
+    dist.barrier()  # the other processes read what process 0 wrote
+    if end_epoch == cfg.epochs:
+        metrics = read_metrics(run_dir)
+        run_info.update(status="finished", finished=_now(), wall_clock_s=elapsed, epochs=len(metrics),
+                        final=metrics[-1] if metrics else {})
+    if lead:
         write_json(run_dir / "run.json", run_info)
-        return run_info
-
-    encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
-    save_file(encoder, str(run_dir / "encoder.safetensors"))
-    metrics = read_metrics(run_dir)
-    run_info.update(status="finished", finished=_now(), wall_clock_s=elapsed, epochs=len(metrics),
-                    final=metrics[-1] if metrics else {})
-    write_json(run_dir / "run.json", run_info)
     return run_info
+
+
+def _process_seed(seed: int, epoch: int, rank: int) -> int:
+    """The augmentation seed of one process in one epoch: independent streams per (seed, epoch, rank)."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def save_checkpoint(path: Path, model, opt, sched, gen, cfg, epoch, elapsed, data_id) -> None:
