@@ -20,14 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from selfsup import config, data, distributed, losses, train
 from selfsup.config import ConfigError
 
+from helpers import TINY_RUN, make_tiny
+
 WORLD = 2
 LOSSES = {"nt_xent": lambda a, b: losses.nt_xent(a, b, 0.2), "barlow": losses.barlow_twins_loss}
-TINY = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim=16, pred_hidden=32,
-            batch_size=32, epochs=2, warmup_epochs=0.5, lr=1e-3, device="cpu", knn_train_limit=100)
 
 
 def _spawn(fn, *args):
-    mp.spawn(fn, args=(*args,), nprocs=WORLD, join=True)
+    mp.spawn(fn, args=args, nprocs=WORLD, join=True)
 
 
 def _join(rank, store):
@@ -82,7 +82,7 @@ def test_gathered_losses_and_gradients_equal_one_process_on_the_global_batch(tmp
 def _train_worker(rank, store, folder, runs):
     _join(rank, store)
     ds = data.load_dataset(folder)
-    cfg = config.load(None, TINY)
+    cfg = config.load(None, TINY_RUN)
     train.train(cfg, ds, f"{runs}/straight", progress=False)
     info = train.train(cfg, ds, f"{runs}/resumed", progress=False, stop_after=1)
     assert info["status"] == "stopped"
@@ -96,10 +96,7 @@ def _train_worker(rank, store, folder, runs):
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
-                   ood_per_class=8, size=32)
-    return folder
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
 
 
 def test_two_process_run_resumes_exactly_and_process_0_writes_the_folder(tiny_folder, tmp_path):
@@ -122,7 +119,7 @@ def test_processes_draw_their_own_augmentation_each_epoch():
 
 
 def test_torchrun_runs_the_command_line(tiny_folder, tmp_path):
-    sets = [f"--set={k}={v}" for k, v in {**TINY, "method": "barlow", "epochs": 1}.items()]
+    sets = [f"--set={k}={v}" for k, v in {**TINY_RUN, "method": "barlow", "epochs": 1}.items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
            "-m", "selfsup.cli", "train", "--config", "configs/demo.yaml", "--data", str(tiny_folder),
            "--run-dir", str(tmp_path / "run"), "--no-progress", *sets]

@@ -10,16 +10,12 @@ from selfsup import cli, config, data, train
 from selfsup.config import ConfigError
 from selfsup.train import RunError
 
-# A few seconds per epoch on one CPU core: width-8 convnet, 32x32 views, small heads.
-TINY = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim=16, pred_hidden=32,
-            batch_size=32, epochs=2, warmup_epochs=0.5, lr=1e-3, device="cpu", knn_train_limit=100)
+from helpers import TINY_RUN, make_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
-                   ood_per_class=8, size=32)
+    folder = make_tiny(tmp_path_factory.mktemp("tiny"))
     return folder, data.load_dataset(folder)
 
 
@@ -27,7 +23,7 @@ def tiny_data(tmp_path_factory):
 def test_resume_is_exact(method, tiny_data, tmp_path):
     """2 epochs straight == 1 epoch, stop, resume 1 more: identical weights, EMA target and metrics."""
     _, ds = tiny_data
-    cfg = config.load(None, {**TINY, "method": method})
+    cfg = config.load(None, {**TINY_RUN, "method": method})
     train.train(cfg, ds, tmp_path / "straight", progress=False)
     info = train.train(cfg, ds, tmp_path / "resumed", progress=False, stop_after=1)
     assert info["status"] == "stopped"
@@ -49,7 +45,7 @@ def test_resume_is_exact(method, tiny_data, tmp_path):
 
 def test_run_folder_describes_itself(tiny_data, tmp_path):
     _, ds = tiny_data
-    cfg = config.load(None, TINY)
+    cfg = config.load(None, TINY_RUN)
     train.train(cfg, ds, tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "run.json"} <= names
@@ -67,7 +63,7 @@ def test_run_folder_describes_itself(tiny_data, tmp_path):
 
 def test_run_folder_is_never_overwritten(tiny_data, tmp_path):
     _, ds = tiny_data
-    cfg = config.load(None, {**TINY, "epochs": 1})
+    cfg = config.load(None, {**TINY_RUN, "epochs": 1})
     train.train(cfg, ds, tmp_path, progress=False)
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(RunError, match="already holds a run"):
@@ -101,7 +97,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys):
 def test_lars_and_sgd_and_adam_step(tiny_data, tmp_path):
     _, ds = tiny_data
     for opt in ("lars", "sgd", "adam"):
-        cfg = config.load(None, {**TINY, "epochs": 1, "optimizer": opt, "lr": 0.05 if opt != "adam" else 1e-3})
+        cfg = config.load(None, {**TINY_RUN, "epochs": 1, "optimizer": opt, "lr": 0.05 if opt != "adam" else 1e-3})
         info = train.train(cfg, ds, tmp_path / opt, progress=False)
         assert info["status"] == "finished"
 
@@ -121,7 +117,7 @@ def test_short_run_loss_falls(tmp_path):
                    ood_per_class=8, size=32)
     ds = data.load_dataset(tmp_path / "d")
     for method in ("simclr", "byol", "barlow"):
-        cfg = config.load(None, {**TINY, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0})
+        cfg = config.load(None, {**TINY_RUN, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0})
         train.train(cfg, ds, tmp_path / method, progress=False)
         losses = [m["train_loss"] for m in train.read_metrics(tmp_path / method)]
         assert losses[-1] < 0.9 * losses[0], (method, losses)
