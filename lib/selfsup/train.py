@@ -355,16 +355,17 @@ def _train(cfg, data, run_dir, resume, progress, stop_after) -> dict:
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
     bar.close()
-    if end_epoch < cfg.epochs:
-        run_info.update(status="stopped", epochs=end_epoch)
-    elif lead:
+    finished = end_epoch == cfg.epochs
+    if finished and lead:
         encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
         save_file(encoder, str(run_dir / "encoder.safetensors"))
     dist.barrier()  # the other processes read what process 0 wrote
-    if end_epoch == cfg.epochs:
+    if finished:
         metrics = read_metrics(run_dir)
         run_info.update(status="finished", finished=_now(), wall_clock_s=elapsed, epochs=len(metrics),
                         final=metrics[-1] if metrics else {})
+    else:
+        run_info.update(status="stopped", epochs=end_epoch)
     if lead:
         write_json(run_dir / "run.json", run_info)
     return run_info
