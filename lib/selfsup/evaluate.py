@@ -889,6 +889,18 @@ def _summary(trained: dict, floor: dict | None) -> dict:
     return s
 
 
+def eval_matches(ev: dict, cfg_hash: str | None) -> bool:
+    """True when `ev` (an eval.json's content) holds results computed for the config with hash
+    cfg_hash: eval.json records the config it evaluated."""
+    from .config import ConfigError, from_dict
+
+    if not ev.get("summary"):
+        return False
+    try:
+        return from_dict(ev.get("config") or {}).hash() == cfg_hash
+    except ConfigError:
+        return False
+
 
 def load_run_model(run_dir, device="cpu") -> tuple:
     """(config, model) of a finished run: the method built from config.json with the trained encoder

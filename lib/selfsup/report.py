@@ -17,7 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .train import read_json
+from .train import RunError, read_json, write_json
 
 # nbconvert's lab template, minus the scripts it fetches from CDNs (see the module docstring).
 _OFFLINE_HTML = """{%- extends 'index.html.j2' -%}
@@ -177,9 +177,14 @@ def resolve(root: Path, path) -> Path | None:
     return p if p.is_absolute() else Path(root) / p
 
 
+def _missing(x) -> bool:
+    """None or NaN: a value a results table does not have (shown as 'n/a')."""
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def pct(x, digits: int = 1) -> str:
     """0.381 -> '38.1%'; None or NaN -> 'n/a'."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return "n/a"
     return f"{100 * float(x):.{digits}f}%"
 
@@ -194,7 +199,7 @@ METHOD_NAMES = {"simclr": "SimCLR", "byol": "BYOL", "barlow": "Barlow Twins"}
 
 def duration(seconds) -> str:
     """45.2 -> '45 s'; 754 -> '12.6 min'; 7300 -> '2.0 h'."""
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+    if _missing(seconds):
         return "n/a"
     if seconds < 60:
         return f"{seconds:.0f} s"
@@ -203,7 +208,7 @@ def duration(seconds) -> str:
 
 def fmt(x, digits: int = 3) -> str:
     """A table cell: floats to `digits` significant digits, NaN/None as 'n/a', the rest as text."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if _missing(x):
         return "n/a"
     if isinstance(x, float):
         # integers that went through a CSV column with gaps come back as floats: 4096.0 -> 4096
@@ -318,19 +323,8 @@ def show_plot(fig, caption: str | None = None) -> None:
 # A run's results: evaluation, headline table, features, figures (notebooks 04 and 05)
 
 
-def _config_hash(d) -> str | None:
-    from .config import ConfigError, from_dict
-
-    try:
-        return from_dict(d or {}).hash()
-    except ConfigError:
-        return None
-
-
 def finished_run(run_dir) -> dict:
     """run.json of a finished run; RunError naming the folder otherwise."""
-    from .train import RunError
-
     info = read_json(Path(run_dir) / "run.json")
     if info.get("status") != "finished":
         state = info.get("status", "no run.json")
@@ -341,12 +335,12 @@ def finished_run(run_dir) -> dict:
 def ensure_eval(run_dir, data_dir, force: bool = False, **kwargs) -> dict:
     """The run's eval.json, (re)computed with selfsup.evaluate.evaluate_run when it is missing, was
     computed for another config or data folder, or `force` is set. kwargs go to evaluate_run."""
-    from .evaluate import evaluate_run
+    from .evaluate import eval_matches, evaluate_run
 
     run_dir = Path(run_dir)
     info = finished_run(run_dir)
     ev = read_json(run_dir / "eval.json")
-    current = (ev.get("summary") and _config_hash(ev.get("config")) == info.get("config_hash")
+    current = (eval_matches(ev, info.get("config_hash"))
                and Path(ev.get("data", "")).resolve() == Path(data_dir).resolve())
     if force or not current:
         ev = evaluate_run(run_dir, data_dir, save_features=True, **kwargs)
@@ -452,7 +446,7 @@ def make_figures(run_dir, data_dir, figures_dir, *, n_images: int = 10, tsne_cla
                     data=str(Path(data_dir).resolve()), eval_seconds=ev.get("seconds"),
                     n_images=n_images, tsne_classes=tsne_classes, seed=seed,
                     figures={k: p.name for k, p in paths.items()})
-    (figures_dir / "figures.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(figures_dir / "figures.json", manifest)
     return dict(paths=paths, features=features, embeddings=emb, eval=ev)
 
 
@@ -493,7 +487,7 @@ def result_columns(key: str, label: str) -> list:
 
 
 def ablation_columns(axis: str) -> list:
-    seconds = lambda v: fmt(v) if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0f}"  # noqa: E731
+    seconds = lambda v: fmt(v) if _missing(v) else f"{v:.0f}"  # noqa: E731
     return result_columns(axis, axis) + [("train_loss", "final loss"), ("wall_clock_s", "train time (s)", seconds)]
 
 

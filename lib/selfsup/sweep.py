@@ -34,7 +34,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -47,11 +46,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from . import config
 from .config import ConfigError
 from .data import fingerprint, load_dataset
-from .train import read_json
+from .evaluate import eval_matches
+from .train import RunError, read_json, read_metrics, write_json
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
 SWEEP_KEYS = ("name", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
@@ -247,8 +246,6 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
     yet evaluated), "fresh" (empty or cleared). Clears a folder that holds an unfinished run of
     another config or data, or no run at all; raises RunError for a finished run of another config
     or trained on other data (data_id: `selfsup.data.fingerprint` of the train split)."""
-    from .train import RunError
-
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return "fresh"
     info = read_json(run_dir / "run.json")
@@ -260,7 +257,7 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
         return "fresh"
     if info.get("config_hash") == cfg_hash:
         if info.get("status") == "finished":
-            if evaluate and not _eval_matches(run_dir, cfg_hash):
+            if evaluate and not eval_matches(read_json(run_dir / "eval.json"), cfg_hash):
                 return "resume"  # trained, not evaluated: train(resume=True) returns at once
             return "done"
         if (run_dir / "checkpoint.pt").exists():
@@ -271,17 +268,6 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
     # An unfinished run of another config, or a failed start: nothing worth keeping.
     shutil.rmtree(run_dir)
     return "fresh"
-
-
-def _eval_matches(run_dir: Path, cfg_hash: str) -> bool:
-    """eval.json exists and was computed for this config (it records the config it evaluated)."""
-    ev = read_json(run_dir / "eval.json")
-    if not ev.get("summary"):
-        return False
-    try:
-        return config.from_dict(ev.get("config", {})).hash() == cfg_hash
-    except ConfigError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +429,7 @@ def _write_definition(sweep: Sweep, root: Path) -> None:
              data=str(sweep.data), evaluate=sweep.evaluate, overrides=sweep.overrides, keys=sweep.keys,
              points=[dict(slug=p.slug, overrides=p.overrides, axes=p.axes,
                           config_hash=p.cfg.hash() if p.cfg else None) for p in sweep.points])
-    (root / "sweep.json").write_text(json.dumps(d, indent=2, default=str) + "\n")
+    write_json(root / "sweep.json", d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,8 +441,6 @@ def run_summary(run_dir: str | Path) -> dict:
 
     Keys: status, epochs, train_loss, wall_clock_s, config_hash and ACCURACY_COLUMNS (fractions in
     [0, 1], named as in eval.json's summary)."""
-    from .train import read_metrics
-
     run_dir = Path(run_dir)
     info = read_json(run_dir / "run.json")
     metrics = read_metrics(run_dir)
