@@ -8,6 +8,11 @@ from selfsup import data
 TINY_RUN = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim=16, pred_hidden=32,
                 batch_size=32, epochs=2, warmup_epochs=0.5, lr=1e-3, device="cpu", knn_train_limit=100)
 
+# A preset for papermill-executed notebooks and sweeps: width-4 convnet, one epoch.
+TINY_PRESET = dict(method="simclr", temperature=0.1, backbone="convnet", width=4, proj_hidden=16, proj_dim=8,
+                   pred_hidden=16, image_size=32, optimizer="adamw", lr=2e-3, batch_size=16, epochs=1,
+                   warmup_epochs=0, device="cpu")
+
 
 def make_tiny(folder):
     """A 32x32 demo dataset for TINY_RUN: 4 classes of 24 train and 8 val images, 2 OOD classes."""

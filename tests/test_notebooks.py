@@ -11,14 +11,12 @@ import nbformat
 import pytest
 import yaml
 
-from helpers import pdf_text
+from helpers import TINY_PRESET, pdf_text
 from selfsup import data, report, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-TINY = dict(method="simclr", temperature=0.1, backbone="convnet", width=4, proj_hidden=16, proj_dim=8,
-            pred_hidden=16, image_size=32, optimizer="adamw", lr=2e-3, batch_size=16, epochs=2,
-            warmup_epochs=0, device="cpu")
+TINY = {**TINY_PRESET, "epochs": 2}
 # The probes are what takes time on a tiny set; the final run keeps them (04 and 05 show them).
 FAST_EVAL = {"table": False, "linear": False}
 

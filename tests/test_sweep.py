@@ -16,17 +16,15 @@ from selfsup import config, data, sweep
 from selfsup.config import ConfigError
 from selfsup.train import RunError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import TINY_PRESET
 
-TINY = dict(method="simclr", temperature=0.1, backbone="convnet", width=4, proj_hidden=16, proj_dim=8,
-            pred_hidden=16, image_size=32, optimizer="adamw", lr=2e-3, batch_size=16, epochs=1,
-            warmup_epochs=0, device="cpu")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def preset(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump(TINY_PRESET))
     return path
 
 
@@ -98,12 +96,12 @@ def test_points_grid_axes_points_and_merging(tmp_path, preset):
 
 def test_method_points_take_their_preset_section(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({**TINY, "barlow": {"proj_dim": 48}}))
+    path.write_text(yaml.safe_dump({**TINY_PRESET, "barlow": {"proj_dim": 48}}))
     s = sweep.load_sweep(dict(preset=str(path), data="d", overrides={"lr": 0.002},
                               points=[{"method": "simclr"}, {"method": "barlow"}]))
     cfgs = {p.slug: p.cfg for p in s.points}
     assert cfgs["method-barlow"].proj_dim == 48 and cfgs["method-barlow"].lr == 0.002
-    assert cfgs["method-simclr"].proj_dim == TINY["proj_dim"]
+    assert cfgs["method-simclr"].proj_dim == TINY_PRESET["proj_dim"]
 
 # ---------------------------------------------------------------------------------------------
 # Point folders
@@ -119,7 +117,7 @@ def fake_run(run_dir: Path, cfg_hash: str, status: str, checkpoint=True, eval_cf
 
 
 def test_point_state(tmp_path):
-    cfg = config.from_dict({**TINY, "lr": 0.01})
+    cfg = config.from_dict({**TINY_PRESET, "lr": 0.01})
     other = cfg.replace(lr=0.02)
     h = cfg.hash()
     assert sweep.point_state(tmp_path / "new", h) == "fresh"
