@@ -45,7 +45,8 @@ from torch.utils.data import DataLoader
 from selfsup import augment
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.methods import build_method
-from selfsup.train import amp_dtype, images_to_device, make_optimizer, use_channels_last
+from selfsup.train import (amp_dtype, as_channels_last, images_to_device, make_optimizer, optimisation_step,
+                           use_channels_last)
 
 try:
     import psutil
@@ -255,15 +256,8 @@ def train_step(cfg, batches, device, total_steps, seed=0):
 
     def step():
         nonlocal done
-        v1, v2_ = next(batches)
-        if channels_last:
-            v1 = v1.contiguous(memory_format=torch.channels_last)
-            v2_ = v2_.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            loss = loss_fn(v1, v2_)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        views = next(batches)
+        optimisation_step(loss_fn, opt, *(as_channels_last(*views) if channels_last else views), amp)
         done += 1
         model.step_target(done / total_steps)
 

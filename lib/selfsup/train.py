@@ -204,10 +204,22 @@ def knn_monitor(model, train_x, train_y, val_x, val_y, k) -> float:
 
 def _views(aug, x, gen, channels_last):
     v1, v2 = aug(x, generator=gen)
-    if channels_last:
-        v1 = v1.contiguous(memory_format=torch.channels_last)
-        v2 = v2.contiguous(memory_format=torch.channels_last)
-    return v1, v2
+    return as_channels_last(v1, v2) if channels_last else (v1, v2)
+
+
+def as_channels_last(*views: torch.Tensor) -> tuple:
+    return tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
+
+
+def optimisation_step(loss_fn, opt, v1: torch.Tensor, v2: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """loss_fn(v1, v2) under autocast (amp: its dtype, None: off), backward, one optimizer step.
+    Returns the loss, not synchronised. The loop and benchmarks/throughput.py both step with it."""
+    with torch.autocast(v1.device.type, dtype=amp, enabled=amp is not None):
+        loss = loss_fn(v1, v2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,11 +334,7 @@ def _train(cfg, data, run_dir, resume, progress, stop_after) -> dict:
         for i in range(steps_per_epoch):
             batch = dist.shard(perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             v1, v2 = _views(aug, train_x[batch], aug_gen, channels_last)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = loss_fn(v1, v2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = optimisation_step(loss_fn, opt, v1, v2, amp)
             sched.step()
             model.step_target((epoch * steps_per_epoch + i + 1) / total_steps)
             loss_sum += loss.detach()
