@@ -33,7 +33,7 @@ RUN ?= runs/final
 SWEEP ?= configs/sweeps/demo.yaml
 NB_OUT := runs/notebooks
 # The demo's method comparison and sweep are shortened versions of configs/demo.yaml so that the
-# whole demo takes ~10 minutes on a 2-core CPU (measured in a fresh clone); the final run uses the
+# whole demo takes about 7 minutes on a 2-core CPU (6:28-6:54 in fresh clones); the final run uses the
 # preset unchanged. JOBS > 1 trains that many runs at once on cores/JOBS threads each (on this 2-core
 # machine not faster: the demo sweep took 77 s with JOBS=1 and 87 s with JOBS=2, measured).
 COMPARE_OVERRIDES ?= {epochs: 6}
