@@ -24,7 +24,7 @@ tex:  ## TeX + pandoc for the PDF report (Debian/Ubuntu packages; sudo when not 
 data: setup data/demo/train.npz
 
 # Regenerated whenever the generator changes (a file name is not a cache key).
-data/demo/train.npz: lib/selfsup/data.py
+data/demo/train.npz: lib/selfsup/demo_data.py
 	$(BIN)/selfsup data demo --out data/demo
 
 # ---- the workbook pipeline: every notebook executed by papermill, its executed copy under runs/notebooks/

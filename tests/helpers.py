@@ -2,7 +2,7 @@
 
 from pypdf import PdfReader
 
-from selfsup import data
+from selfsup import data, demo_data
 
 # A few seconds per epoch on one CPU core: width-8 convnet, 32x32 views, small heads.
 TINY_RUN = dict(backbone="convnet", width=8, image_size=32, proj_hidden=32, proj_dim=16, pred_hidden=32,
@@ -16,7 +16,7 @@ TINY_PRESET = dict(method="simclr", temperature=0.1, backbone="convnet", width=4
 
 def make_tiny(folder):
     """A 32x32 demo dataset for TINY_RUN: 4 classes of 24 train and 8 val images, 2 OOD classes."""
-    data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
+    demo_data.make_demo(folder, seed=1, n_id_classes=4, n_ood_classes=2, train_per_class=24, val_per_class=8,
                    ood_per_class=8, size=32)
     return folder
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup import data
+from selfsup import data, demo_data
 from selfsup.data import DataError, Split
 
 
@@ -187,7 +187,7 @@ def test_ood_split_is_the_course_protocol(n):
 
 
 def small_demo(dest, seed=0):
-    return data.make_demo(dest, seed=seed, train_per_class=6, val_per_class=3, ood_per_class=4)
+    return demo_data.make_demo(dest, seed=seed, train_per_class=6, val_per_class=3, ood_per_class=4)
 
 
 def test_demo_is_deterministic_and_well_formed(tmp_path):
@@ -211,16 +211,16 @@ def test_demo_is_deterministic_and_well_formed(tmp_path):
 
 
 def test_demo_ood_classes_recombine_seen_shapes_and_patterns():
-    id_classes, ood_classes = data.demo_classes()
+    id_classes, ood_classes = demo_data.demo_classes()
     assert not set(id_classes) & set(ood_classes)
     assert {s for s, _ in ood_classes} <= {s for s, _ in id_classes}
     assert {p for _, p in ood_classes} <= {p for _, p in id_classes}
     with pytest.raises(ValueError):
-        data.demo_classes(20, 10)
+        demo_data.demo_classes(20, 10)
 
 
 def test_demo_without_ood(tmp_path):
-    ds = data.make_demo(tmp_path, n_id_classes=3, n_ood_classes=0, train_per_class=2, val_per_class=1, size=32)
+    ds = demo_data.make_demo(tmp_path, n_id_classes=3, n_ood_classes=0, train_per_class=2, val_per_class=1, size=32)
     assert ds.ood is None and not (tmp_path / "ood.npz").exists()
     assert data.load_dataset(tmp_path).train.images.shape == (6, 32, 32, 3)
 

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from selfsup import data, evaluate
+from selfsup import data, demo_data, evaluate
 from selfsup.evaluate import knn_predict, linear_probe
 
 
@@ -364,7 +364,7 @@ def tiny_run(tmp_path_factory):
     from selfsup import config, train
 
     folder = tmp_path_factory.mktemp("data")
-    data.make_demo(folder, seed=2, n_id_classes=3, n_ood_classes=2, train_per_class=24, val_per_class=8,
+    demo_data.make_demo(folder, seed=2, n_id_classes=3, n_ood_classes=2, train_per_class=24, val_per_class=8,
                    ood_per_class=15, size=32)
     run = tmp_path_factory.mktemp("run")
     n = torch.get_num_threads()

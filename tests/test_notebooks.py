@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import TINY_PRESET, pdf_text
-from selfsup import data, report, sweep
+from selfsup import data, demo_data, report, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -43,7 +43,7 @@ def recorded(nb):
 def ws(tmp_path_factory):
     """A tiny workspace: data, preset, and a finished, evaluated run trained by notebook 03."""
     root = tmp_path_factory.mktemp("workbook")
-    data.make_demo(root / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=8,
+    demo_data.make_demo(root / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=8,
                    ood_per_class=10, size=32)
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     ws = dict(root=root, data=root / "data", preset=root / "tiny.yaml", runs=root / "runs",

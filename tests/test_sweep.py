@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfsup import config, data, sweep
+from selfsup import config, data, demo_data, sweep
 from selfsup.config import ConfigError
 from selfsup.train import RunError
 
@@ -186,7 +186,7 @@ def test_load_results_missing_names_path(tmp_path):
 
 def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     monkeypatch.chdir(REPO)  # the default notebook path is relative to the repository root
-    data.make_demo(tmp_path / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=6,
+    demo_data.make_demo(tmp_path / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=6,
                    ood_per_class=10, size=32)
     spec = write_sweep(
         tmp_path, name="tiny", preset=str(preset), data=str(tmp_path / "data"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfsup import cli, config, data, train
+from selfsup import cli, config, data, demo_data, train
 from selfsup.config import ConfigError
 from selfsup.train import RunError
 
@@ -113,7 +113,7 @@ def test_short_run_loss_falls(tmp_path):
     """The SSL loss falls within a few epochs for every method. (Whether the features beat the
     random-init floor takes CPU-minutes on 64x64 images: benchmarks/learning.py and the demo's
     report check that, not the test suite.)"""
-    data.make_demo(tmp_path / "d", seed=0, n_id_classes=4, n_ood_classes=2, train_per_class=32, val_per_class=8,
+    demo_data.make_demo(tmp_path / "d", seed=0, n_id_classes=4, n_ood_classes=2, train_per_class=32, val_per_class=8,
                    ood_per_class=8, size=32)
     ds = data.load_dataset(tmp_path / "d")
     for method in ("simclr", "byol", "barlow"):

@@ -21,10 +21,10 @@ import sys
 
 
 def _data(args):
-    from . import data
+    from . import data, demo_data
 
     if args.data_cmd == "demo":
-        ds = data.make_demo(args.out, seed=args.seed)
+        ds = demo_data.make_demo(args.out, seed=args.seed)
         print(f"wrote {args.out}: {data.describe(ds)}")
     elif args.data_cmd == "convert":
         avail = data.list_classes(args.src)

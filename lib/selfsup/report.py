@@ -296,15 +296,6 @@ def _jsonable(x):
     return str(x)
 
 
-def is_synthetic(dataset) -> bool:
-    """True for the generated demo data (its classes are the demo's shape+pattern names)."""
-    from .data import DEMO_PATTERNS, DEMO_SHAPES
-
-    demo = {f"{s}+{p}" for s in DEMO_SHAPES for p in DEMO_PATTERNS}
-    names = list(dataset.train.class_names) + (list(dataset.ood.class_names) if dataset.ood is not None else [])
-    return bool(names) and set(names) <= demo
-
-
 def show_plot(fig, caption: str | None = None) -> None:
     """Display a matplotlib Figure (as selfsup.plots returns them) as a PNG, whatever the kernel's
     matplotlib backend (under `make`, MPLBACKEND=Agg and a Figure would show as text)."""
