@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup import config, data, evaluate, train
+from selfsup import config, data, evaluate, runs, train
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         train.train(cfg, ds, run_dir)
         train_s = time.perf_counter() - t0
         s = evaluate.evaluate_run(run_dir, args.data, table=False)["summary"]
-        metrics = train.read_metrics(run_dir)
+        metrics = runs.Run(run_dir).metrics()
         rows.append(dict(method=method, epochs=cfg.epochs, train_seconds=round(train_s, 1),
                          images_per_sec=round(sum(m["images_per_sec"] for m in metrics) / len(metrics)),
                          first_loss=metrics[0]["train_loss"], last_loss=metrics[-1]["train_loss"], **s))

@@ -59,7 +59,16 @@ def test_hash_tracks_every_field_and_heads_resolve():
     assert a.hash() != a.replace(lr=a.lr * 2).hash()
     assert Config(method="byol").heads == {"proj_hidden": 4096, "proj_dim": 256, "pred_hidden": 4096}
     assert Config(method="barlow", proj_hidden=64).heads["proj_hidden"] == 64
-    assert Config(method="barlow", pred_hidden=512).heads["pred_hidden"] == 0  # only BYOL has a predictor
+    assert "pred_hidden" not in Config(method="barlow", pred_hidden=512).heads  # only BYOL has a predictor
+
+
+def test_hash_counts_only_the_settings_the_method_reads():
+    byol = Config(method="byol")
+    assert byol.hash() == byol.replace(temperature=0.1, barlow_lambda=0.01).hash()  # SimCLR's, Barlow's
+    assert byol.hash() != byol.replace(byol_momentum=0.9).hash()
+    simclr = Config()
+    assert simclr.hash() != simclr.replace(temperature=0.1).hash()
+    assert simclr.hash() == simclr.replace(pred_hidden=64).hash()  # only BYOL has a predictor
     assert Config(method="byol").aug_recipe == "asymmetric" and Config().aug_recipe == "simclr"
 
 

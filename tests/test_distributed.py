@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from selfsup import config, data, distributed, losses, train
+from selfsup.runs import Run
 from selfsup.config import ConfigError
 
 from helpers import TINY_RUN, make_tiny
@@ -105,7 +106,7 @@ def test_two_process_run_resumes_exactly_and_process_0_writes_the_folder(tiny_fo
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    ma, mb = train.read_metrics(tmp_path / "straight"), train.read_metrics(tmp_path / "resumed")
+    ma, mb = Run(tmp_path / "straight").metrics(), Run(tmp_path / "resumed").metrics()
     assert [m["epoch"] for m in ma] == [1, 2]  # one line per epoch: only process 0 writes
     assert [m["train_loss"] for m in ma] == [m["train_loss"] for m in mb]
     run = json.loads((tmp_path / "straight" / "run.json").read_text())

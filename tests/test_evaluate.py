@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from selfsup import data, demo_data, evaluate
+from selfsup import data, demo_data, evaluate, knn, probe, runs
 from selfsup.evaluate import knn_predict, linear_probe
 
 
@@ -220,7 +220,7 @@ def test_chunking_does_not_change_results(metric, weights):
 def test_knn_neighbors_match_sklearn_kneighbors():
     rng = np.random.default_rng(10)
     train, test = gaussian(rng, 400, 32), gaussian(rng, 50, 32)
-    dist, idx = evaluate.knn_neighbors(train, test, k=5)
+    dist, idx = knn.knn_neighbors(train, test, k=5)
     sk_dist, sk_idx = KNeighborsClassifier(n_neighbors=5).fit(train, np.zeros(400)).kneighbors(test)
     np.testing.assert_array_equal(idx.numpy(), sk_idx)
     np.testing.assert_allclose(dist.numpy(), sk_dist, rtol=1e-6)
@@ -292,8 +292,8 @@ def test_linear_probe_close_to_sklearn():
     res = linear_probe(x, y, xt, yt)
     assert res["accuracy"] >= sk - 0.01, (res["accuracy"], sk)
     assert abs(res["accuracy"] - sk) <= 0.03  # the same model family, not a different classifier
-    assert res["weight_decay"] in evaluate.WEIGHT_DECAYS
-    assert set(res["val_accuracies"]) == set(evaluate.WEIGHT_DECAYS)
+    assert res["weight_decay"] in probe.WEIGHT_DECAYS
+    assert set(res["val_accuracies"]) == set(probe.WEIGHT_DECAYS)
     assert res["predictions"].shape == (1000,)
 
 
@@ -315,11 +315,11 @@ def test_linear_probe_never_looks_at_test_labels():
 
 def test_stratified_split_is_seeded_and_per_class():
     y = np.repeat(np.arange(4), [10, 20, 5, 1])
-    fit, held = evaluate.stratified_split(y, 0.2, seed=0)
+    fit, held = probe.stratified_split(y, 0.2, seed=0)
     assert sorted(np.concatenate([fit, held])) == list(range(len(y)))
     assert [int((y[held] == c).sum()) for c in range(4)] == [2, 4, 1, 0]
-    np.testing.assert_array_equal(held, evaluate.stratified_split(y, 0.2, seed=0)[1])
-    assert not np.array_equal(held, evaluate.stratified_split(y, 0.2, seed=1)[1])
+    np.testing.assert_array_equal(held, probe.stratified_split(y, 0.2, seed=0)[1])
+    assert not np.array_equal(held, probe.stratified_split(y, 0.2, seed=1)[1])
 
 
 # --------------------------------------------------------------------------- OOD protocol
@@ -398,7 +398,7 @@ def test_evaluate_run_writes_eval_json(tiny_run):
     assert res["class_names"]["val"] == ds.val.class_names
 
     # the course k-NN in eval.json is scikit-learn's on the same features
-    cfg, model = evaluate.load_run_model(run)
+    cfg, model = runs.Run(run).load_model()
     f_train = evaluate.extract_features(model.encoder, ds.train.images)
     f_val = evaluate.extract_features(model.encoder, ds.val.images)
     expected = sk_predict(f_train.numpy(), ds.train.labels, f_val.numpy())
@@ -408,7 +408,7 @@ def test_evaluate_run_writes_eval_json(tiny_run):
 
 
 def test_evaluate_run_errors_name_the_missing_file(tiny_run, tmp_path):
-    from selfsup.train import RunError
+    from selfsup.runs import RunError
 
     folder, run = tiny_run
     with pytest.raises(RunError, match="config.json: missing"):

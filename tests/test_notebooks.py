@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from helpers import TINY_PRESET, pdf_text
-from selfsup import data, demo_data, report, sweep
+from selfsup import data, demo_data, display, report, results, sweep, workbook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -24,7 +24,7 @@ FAST_EVAL = {"table": False, "linear": False}
 def execute(name, out_dir, cwd=REPO, **parameters):
     """Run notebooks/<name> with papermill; returns the executed notebook."""
     out = Path(out_dir) / name
-    sweep.execute_notebook(REPO / "notebooks" / name, out, parameters, cwd=cwd)
+    workbook.execute_notebook(REPO / "notebooks" / name, out, parameters, cwd=cwd)
     return nbformat.read(out, as_version=4)
 
 
@@ -111,7 +111,7 @@ def test_01_compare_methods_and_02_ablations(ws):
                  method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL)
     rec = recorded(nb)
     assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == {"simclr", "byol", "barlow"}
-    rows = sweep.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
+    rows = results.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
     assert {r["method"]: r["status"] for r in rows} == {"simclr": "finished", "byol": "finished",
                                                          "barlow": "finished"}
     assert {r["point"] for r in rows} == {"method-simclr", "method-byol_lr-0.001", "method-barlow"}
@@ -132,17 +132,17 @@ def test_01_compare_methods_and_02_ablations(ws):
 
 def test_05_report_exports_html_pdf_md(ws):
     out = ws["root"] / "reports"
-    paths = report.export(REPO / "notebooks" / "05_report.ipynb", out,
+    paths = workbook.export(REPO / "notebooks" / "05_report.ipynb", out,
                           dict(root=str(REPO), data=str(ws["data"]), runs=str(ws["runs"]),
                                final_run=str(ws["run"]), figures=str(ws["figures"])), progress=False)
     assert [p.name for p in paths] == ["report.html", "report.md", "report.pdf"]
     summary = json.loads((ws["run"] / "eval.json").read_text())["summary"]
-    val_knn = report.pct(summary["val_knn"])
+    val_knn = display.pct(summary["val_knn"])
 
     html = (out / "report.html").read_text()
     assert val_knn in html and "synthetic demo data" in html
     assert "<script src=" not in html and "https://cdn" not in html  # renders offline
-    assert "report.show_markdown" not in html and "sweep.collect_results" not in html  # no code exported
+    assert "display.show_markdown" not in html and "tables.collect_results" not in html  # no code exported
 
     md = (out / "report.md").read_text()
     assert "## Results in- and out-of-distribution" in md and val_knn in md

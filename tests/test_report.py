@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from helpers import pdf_text
-from selfsup import report
+from selfsup import display, report, workbook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,14 +28,14 @@ def mini_report(tmp_path):
         nbformat.v4.new_markdown_cell("## Results"),
         nbformat.v4.new_code_cell(
             "import json, sys, warnings\nfrom pathlib import Path\nfrom matplotlib.figure import Figure\n"
-            "from selfsup import report\n"
+            "from selfsup import display, report, workbook\n"
             "acc = json.loads(Path(results).read_text())\n"
             "warnings.warn('a warning that must not reach the report')\n"
-            "report.show_markdown(report.markdown_table([dict(method=m, acc=a) for m, a in acc.items()],\n"
-            "                     [('method', 'method'), ('acc', 'k-NN val', report.pct)]))\n"
+            "display.show_markdown(display.markdown_table([dict(method=m, acc=a) for m, a in acc.items()],\n"
+            "                     [('method', 'method'), ('acc', 'k-NN val', display.pct)]))\n"
             "fig = Figure(figsize=(3, 2)); fig.subplots().plot([1, 2, 3])\n"
             "Path(figures).mkdir(exist_ok=True); fig.savefig(Path(figures) / 'Figure1.png')\n"
-            "report.show_figure(Path(figures) / 'Figure1.png', 'Figure 1. A line.')"),
+            "display.show_figure(Path(figures) / 'Figure1.png', 'Figure 1. A line.')"),
     ]
     path = tmp_path / "mini.ipynb"
     nbformat.write(nb, path)
@@ -45,12 +45,12 @@ def mini_report(tmp_path):
 def test_export_html_md_pdf(mini_report, tmp_path):
     notebook, params = mini_report
     out = tmp_path / "reports"
-    paths = report.export(notebook, out, params, progress=False)
+    paths = workbook.export(notebook, out, params, progress=False)
     assert paths == [out / "report.html", out / "report.md", out / "report.pdf"]
 
     html = (out / "report.html").read_text()
     assert "38.1%" in html and "29.4%" in html and "Figure 1. A line." in html
-    assert "report.show_markdown" not in html and "must not reach" not in html  # no code, no stderr
+    assert "display.show_markdown" not in html and "must not reach" not in html  # no code, no stderr
     assert "<script src=" not in html and "cdnjs" not in html and "mathjax" not in html.lower()  # offline
     assert 'src="data:image/png;base64,' in html  # the figure is inside the file
     assert "<title>Mini report</title>" in html
@@ -58,7 +58,7 @@ def test_export_html_md_pdf(mini_report, tmp_path):
     md = (out / "report.md").read_text()
     assert "| simclr | 38.1% |" in md and "![Figure1](figures/Figure1.png)" in md
     assert (out / "figures" / "Figure1.png").read_bytes()[:4] == b"\x89PNG"  # resolves from out/
-    assert "report.show_markdown" not in md and "must not reach" not in md
+    assert "display.show_markdown" not in md and "must not reach" not in md
 
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     text = pdf_text(out / "report.pdf")
@@ -70,9 +70,9 @@ def test_export_html_md_pdf(mini_report, tmp_path):
 def test_missing_xelatex_is_one_clear_line_after_html_and_md(mini_report, tmp_path, monkeypatch):
     notebook, params = mini_report
     real_which = shutil.which
-    monkeypatch.setattr(report.shutil, "which", lambda tool: None if tool == "xelatex" else real_which(tool))
-    with pytest.raises(report.ToolMissing) as err:
-        report.export(notebook, tmp_path / "out", params, progress=False)
+    monkeypatch.setattr(workbook.shutil, "which", lambda tool: None if tool == "xelatex" else real_which(tool))
+    with pytest.raises(workbook.ToolMissing) as err:
+        workbook.export(notebook, tmp_path / "out", params, progress=False)
     message = str(err.value)
     assert "xelatex" in message and "make tex" in message and "\n" not in message
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / "report.md").is_file()
@@ -82,25 +82,25 @@ def test_missing_xelatex_is_one_clear_line_after_html_and_md(mini_report, tmp_pa
 
 def test_missing_notebook(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.ipynb"):
-        report.export(tmp_path / "nope.ipynb", tmp_path, {})
+        workbook.export(tmp_path / "nope.ipynb", tmp_path, {})
 
 
 def test_helpers(tmp_path, monkeypatch):
-    assert report.pct(0.3814) == "38.1%" and report.pct(float("nan")) == "n/a" and report.pct(None) == "n/a"
-    assert report.fmt(4096.0) == "4096" and report.fmt(0.00123) == "0.00123" and report.fmt("adam") == "adam"
-    assert report.plural(1, "epoch") == "1 epoch" and report.plural(15, "epoch") == "15 epochs"
-    assert report.duration(42) == "42 s" and report.duration(754) == "12.6 min"
-    table = report.markdown_table([dict(a="x|y", b=0.5)], [("a", "A"), ("b", "B", report.pct)])
+    assert display.pct(0.3814) == "38.1%" and display.pct(float("nan")) == "n/a" and display.pct(None) == "n/a"
+    assert display.fmt(4096.0) == "4096" and display.fmt(0.00123) == "0.00123" and display.fmt("adam") == "adam"
+    assert display.plural(1, "epoch") == "1 epoch" and display.plural(15, "epoch") == "15 epochs"
+    assert display.duration(42) == "42 s" and display.duration(754) == "12.6 min"
+    table = display.markdown_table([dict(a="x|y", b=0.5)], [("a", "A"), ("b", "B", display.pct)])
     assert table.splitlines() == ["| A | B |", "|---|---|", "| x\\|y | 50.0% |"]
 
     monkeypatch.chdir(REPO / "notebooks")
-    assert report.find_root() == REPO
-    assert report.find_root(str(tmp_path)) == tmp_path.resolve()
-    assert report.resolve(REPO, "data/demo") == REPO / "data" / "demo"
-    assert report.resolve(REPO, "/abs") == Path("/abs") and report.resolve(REPO, None) is None
+    assert workbook.find_root() == REPO
+    assert workbook.find_root(str(tmp_path)) == tmp_path.resolve()
+    assert workbook.resolve(REPO, "data/demo") == REPO / "data" / "demo"
+    assert workbook.resolve(REPO, "/abs") == Path("/abs") and workbook.resolve(REPO, None) is None
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="root"):
-        report.find_root()
+        workbook.find_root()
 
 
 def test_protocol_and_headline_tables():

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfsup import config, data, demo_data, sweep
+from selfsup import config, data, demo_data, results, sweep
 from selfsup.config import ConfigError
-from selfsup.train import RunError
+from selfsup.runs import RunError
 
 from helpers import TINY_PRESET
 
@@ -176,8 +176,8 @@ def test_worker_pins_one_gpu(monkeypatch):
 
 def test_load_results_missing_names_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing"):
-        sweep.load_results("nothing", runs_root=tmp_path)
-    assert len(sweep.collect_results(tmp_path)) == 0
+        results.load_results("nothing", runs_root=tmp_path)
+    assert len(results.collect_results(tmp_path)) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
 
     table = sweep.run_sweep(spec, runs_root=runs, jobs=2, progress=False)  # two workers: the pool path
     assert table == runs / "tiny" / "results.csv"
-    rows = {r["point"]: r for r in sweep.load_results(table).to_dict("records")}
+    rows = {r["point"]: r for r in results.load_results(table).to_dict("records")}
     assert set(rows) == {"temperature-0.1", "temperature-0.5", "batch_size-4096", "lr--1"}
     for slug in ("temperature-0.1", "temperature-0.5"):
         r = rows[slug]
@@ -221,18 +221,21 @@ def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     sweep.run_sweep(spec, runs_root=runs, progress=False)
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert failed_nb.stat().st_mtime_ns != failed_before
-    again = {r["point"]: r["status"] for r in sweep.load_results("tiny", runs_root=runs).to_dict("records")}
+    again = {r["point"]: r["status"] for r in results.load_results("tiny", runs_root=runs).to_dict("records")}
     assert again == {"temperature-0.1": "finished", "temperature-0.5": "finished", "batch_size-4096": "failed",
                      "lr--1": "invalid"}
 
     # Axis view for notebook 02: the temperature rows, sorted by value.
-    rows = sweep.axis_results(sweep.collect_results(runs), "temperature")
+    rows = results.axis_results(results.collect_results(runs), "temperature")
     assert list(rows["temperature"]) == [0.1, 0.5]
 
 
 def test_shipped_sweep_files_load(monkeypatch):
     monkeypatch.chdir(REPO)
-    for axis, meta in sweep.ABLATION_AXES.items():  # the course grids notebook 02 points to
+    axes = sweep.course_axes()  # the course grids notebooks 02 and 05 report, read from the files
+    assert list(axes) == ["temperature", "optimizer", "lr", "batch_size", "backbone", "epochs"]
+    assert axes["temperature"]["title"] == "NT-Xent temperature"
+    for axis, meta in axes.items():
         s = sweep.load_sweep(meta["file"], data="data/course")
         assert [p.cfg.to_dict()[axis] for p in s.points] == meta["values"], meta["file"]
         assert all(p.axes == [axis] for p in s.points)

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from selfsup import cli, config, data, demo_data, train
 from selfsup.config import ConfigError
-from selfsup.train import RunError
+from selfsup.runs import Run, RunError
 
 from helpers import TINY_RUN, make_tiny
 
@@ -38,7 +38,7 @@ def test_resume_is_exact(method, tiny_data, tmp_path):
     ea = load_file(tmp_path / "straight" / "encoder.safetensors")
     eb = load_file(tmp_path / "resumed" / "encoder.safetensors")
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
-    ma, mb = train.read_metrics(tmp_path / "straight"), train.read_metrics(tmp_path / "resumed")
+    ma, mb = Run(tmp_path / "straight").metrics(), Run(tmp_path / "resumed").metrics()
     assert [m["train_loss"] for m in ma] == [m["train_loss"] for m in mb]
     assert [m["knn_acc"] for m in ma] == [m["knn_acc"] for m in mb]
 
@@ -54,7 +54,7 @@ def test_run_folder_describes_itself(tiny_data, tmp_path):
     assert run["status"] == "finished" and run["config_hash"] == cfg.hash()
     assert run["data_fingerprint"] == data.fingerprint(ds.train)
     assert run["environment"]["torch"] == torch.__version__ and run["wall_clock_s"] > 0
-    metrics = train.read_metrics(tmp_path)
+    metrics = Run(tmp_path).metrics()
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all({"train_loss", "val_loss", "knn_acc", "lr", "images_per_sec"} <= m.keys() for m in metrics)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -119,5 +119,5 @@ def test_short_run_loss_falls(tmp_path):
     for method in ("simclr", "byol", "barlow"):
         cfg = config.load(None, {**TINY_RUN, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0})
         train.train(cfg, ds, tmp_path / method, progress=False)
-        losses = [m["train_loss"] for m in train.read_metrics(tmp_path / method)]
+        losses = [m["train_loss"] for m in Run(tmp_path / method).metrics()]
         assert losses[-1] < 0.9 * losses[0], (method, losses)

@@ -19,10 +19,13 @@ import json
 import os
 import sys
 
+from . import config, data, demo_data, evaluate, results, runs, sweep, train, workbook
+from .config import ConfigError
+from .data import DataError
+from .runs import RunError
+
 
 def _data(args):
-    from . import data, demo_data
-
     if args.data_cmd == "demo":
         ds = demo_data.make_demo(args.out, seed=args.seed)
         print(f"wrote {args.out}: {data.describe(ds)}")
@@ -38,8 +41,6 @@ def _data(args):
 
 
 def _train(args):
-    from . import config, data, train
-
     cfg = config.load(args.config, config.parse_overrides(args.set))
     ds = data.load_dataset(args.data)
     info = train.train(cfg, ds, args.run_dir, resume=args.resume, progress=not args.no_progress)
@@ -48,24 +49,25 @@ def _train(args):
 
 
 def _eval(args):
-    from . import evaluate
-
     result = evaluate.evaluate_run(args.run_dir, args.data)
     print(json.dumps(result["summary"], indent=2))
 
 
 def _sweep(args):
-    from . import sweep
-
     table = sweep.run_sweep(args.file, data=args.data, runs_root=args.runs, jobs=args.jobs,
                             progress=not args.no_progress)
     print(f"results: {table}")
+    rows = results.load_results(table)
+    bad = rows[rows["status"] != "finished"]
+    if len(bad):  # the others ran; the exit status still says the sweep is incomplete
+        print(f"selfsup: error: {len(bad)} of {len(rows)} sweep points did not finish "
+              f"({', '.join(bad['point'] + ': ' + bad['status'])}); see their {runs.ERROR}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report(args):
-    from . import report
-
-    for path in report.export(args.notebook, args.out, parameters=dict(args.param or [])):
+    for path in workbook.export(args.notebook, args.out, parameters=dict(args.param or [])):
         print(f"wrote {path}")
 
 
@@ -124,16 +126,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from .config import ConfigError
-    from .data import DataError
-    from .train import RunError
-
     try:
-        args.fn(args)
+        return args.fn(args) or 0
     except (ConfigError, DataError, RunError, FileNotFoundError) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

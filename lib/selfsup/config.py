@@ -1,7 +1,11 @@
 """One frozen config for a training run; presets are YAML files of overrides.
 
-Defaults follow the papers unless a comment says otherwise:
-SimCLR (Chen et al. 2020), BYOL (Grill et al. 2020), Barlow Twins (Zbontar et al. 2021).
+Defaults follow the papers unless a comment says otherwise: SimCLR (Chen et al. 2020), BYOL
+(Grill et al. 2020), Barlow Twins (Zbontar et al. 2021). The settings only one method reads
+(temperature, barlow_lambda, ...) are declared by that method (selfsup.methods), with their
+defaults; Config gains them as fields, and its hash counts only those the chosen method reads.
+Every key has a checked range (LIMITS), so a bad value fails here, in one line, before anything
+trains.
 """
 
 from __future__ import annotations
@@ -9,23 +13,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
-METHODS = ("simclr", "byol", "barlow")
+from .methods import REGISTRY
+
+METHODS = tuple(REGISTRY)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "convnet")
 STEMS = ("imagenet", "cifar", "cifar_pool")
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 RECIPES = ("simclr", "asymmetric")
-
-# Head sizes per method when the config leaves them at 0 (the papers' values).
-HEAD_DEFAULTS = {
-    "simclr": dict(proj_hidden=2048, proj_dim=128, pred_hidden=0),  # SimCLR: 2-layer MLP, 128-d
-    "byol": dict(proj_hidden=4096, proj_dim=256, pred_hidden=4096),  # BYOL: 4096 -> 256
-    "barlow": dict(proj_hidden=8192, proj_dim=8192, pred_hidden=0),  # Barlow Twins: 3 x 8192
-}
+CHOICES = {"method": METHODS, "backbone": BACKBONES, "stem": STEMS, "optimizer": OPTIMIZERS,
+           "recipe": RECIPES + ("",), "precision": ("auto", "bf16", "fp16", "fp32"),
+           "channels_last": ("auto", "on", "off")}
 
 
 class ConfigError(ValueError):
@@ -33,20 +37,15 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Config:
-    # --- method ---
-    method: str = "simclr"
-    temperature: float = 0.5  # SimCLR NT-Xent; the paper's best at batch 4096 is 0.1-0.5
-    barlow_lambda: float = 5e-3  # Barlow Twins off-diagonal weight (paper: 5e-3)
-    byol_momentum: float = 0.99  # BYOL EMA base rate, cosine-raised to 1 (paper: 0.996 at bs 4096)
-    proj_hidden: int = 0  # 0 = HEAD_DEFAULTS[method]
+class _Settings:
+    # --- heads and augmentation (0 / "" = the method's own, see selfsup.methods) ---
+    proj_hidden: int = 0
     proj_dim: int = 0
-    pred_hidden: int = 0
-    # --- augmentation ---
-    recipe: str = ""  # "" = simclr for SimCLR, asymmetric for BYOL / Barlow Twins
+    recipe: str = ""
     crop_scale_min: float = 0.2  # RandomResizedCrop scale=(0.2, 1.0), common at small resolution
     image_size: int = 64
     # --- model ---
+    method: str = "simclr"
     backbone: str = "resnet18"
     stem: str = "imagenet"  # imagenet: 7x7/2 + maxpool; cifar: 3x3/1; cifar_pool: 3x3/1 + maxpool
     width: int = 32  # base width of the small "convnet" backbone only
@@ -61,11 +60,12 @@ class Config:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     # --- system ---
     seed: int = 0
-    device: str = "auto"  # auto = cuda if available, else cpu
-    precision: str = "auto"  # auto = bf16 on cuda, fp32 on cpu
+    device: str = "auto"  # auto = cuda if available (LOCAL_RANK's under torchrun), else cpu
+    precision: str = "auto"  # auto = bf16 on cuda where supported (else fp16), fp32 on cpu
     compile: bool = False
     channels_last: str = "auto"  # auto = on cuda
     sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch
+    deterministic: bool = False  # cuDNN deterministic + torch.use_deterministic_algorithms (GPU exact resume)
     # --- monitoring ---
     knn_k: int = 5  # the course protocol: KNeighborsClassifier(n_neighbors=5)
     eval_every: int = 1  # epochs between val loss / k-NN evaluations (0 = only at the end)
@@ -75,49 +75,100 @@ class Config:
     def __post_init__(self):
         # Config(lr=1) and from_dict({"lr": 1}) must be the same config (and hash): ints become floats.
         for f in fields(self):
-            if f.type == "float" and isinstance(getattr(self, f.name), int) and not isinstance(getattr(self, f.name), bool):
-                object.__setattr__(self, f.name, float(getattr(self, f.name)))
-        check = {
-            "method": METHODS, "backbone": BACKBONES, "stem": STEMS,
-            "optimizer": OPTIMIZERS, "recipe": RECIPES + ("",),
-            "precision": ("auto", "bf16", "fp32"), "channels_last": ("auto", "on", "off"),
-        }
-        for key, allowed in check.items():
-            value = getattr(self, key)
-            if value not in allowed:
-                raise ConfigError(f"config key {key!r}: expected one of {list(allowed)}, got {value!r}")
-        positive = ("epochs", "batch_size", "image_size", "knn_k", "width")
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"config key {key!r}: expected a positive number, got {getattr(self, key)!r}")
-        if not 0 < self.crop_scale_min <= 1:
-            raise ConfigError(f"config key 'crop_scale_min': expected 0 < value <= 1, got {self.crop_scale_min}")
-        if self.temperature <= 0 or self.lr <= 0:
-            raise ConfigError("config keys 'temperature' and 'lr' must be positive")
+            value = getattr(self, f.name)
+            if f.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+        check(self)
 
     # Derived values, resolved once so every reader agrees.
     @property
     def heads(self) -> dict:
-        d = dict(HEAD_DEFAULTS[self.method])
+        """Head sizes as the method builds them: its own, where the config leaves them at 0."""
+        d = dict(REGISTRY[self.method].heads)
         for k in d:
-            if getattr(self, k) and (k != "pred_hidden" or self.method == "byol"):  # only BYOL predicts
+            if getattr(self, k, 0):
                 d[k] = getattr(self, k)
         return d
 
     @property
     def aug_recipe(self) -> str:
-        return self.recipe or ("simclr" if self.method == "simclr" else "asymmetric")
+        return self.recipe or REGISTRY[self.method].recipe
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Stable short hash of every field: the identity of a run's settings."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable short hash of the settings this run reads: the identity of a run's settings.
+        Another method's settings (temperature for BYOL, say) do not count."""
+        unread = METHOD_SETTINGS - set(REGISTRY[self.method].settings)
+        blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in unread}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **overrides) -> "Config":
         return from_dict({**self.to_dict(), **overrides})
+
+
+def _method_settings() -> dict:
+    out: dict = {}
+    for m in REGISTRY.values():
+        for key, default in m.settings.items():
+            if key in out and out[key] != default:
+                raise TypeError(f"method setting {key!r} declared twice with different defaults")
+            out[key] = default
+    return out
+
+
+METHOD_SETTINGS = set(_method_settings())
+# The Config: the common settings above plus every method's own, one frozen dataclass.
+Config = dataclasses.make_dataclass(
+    "Config", [(k, type(v).__name__, dataclasses.field(default=v)) for k, v in _method_settings().items()],
+    bases=(_Settings,), frozen=True)
+Config.__module__ = __name__
+
+# Every key's range: (low, high), None = unbounded; a "(" / ")" marks an open end. Values must be
+# finite. A method may add its own (`limits` in selfsup.methods).
+LIMITS = {
+    "proj_hidden": (0, None), "proj_dim": (0, None), "crop_scale_min": ("(", 0.0, 1.0),
+    "image_size": (8, 4096), "width": (1, 1024), "epochs": (1, None), "batch_size": (2, None),
+    "lr": ("(", 0.0, 100.0), "weight_decay": (0.0, 10.0), "momentum": (0.0, 1.0, ")"),
+    "warmup_epochs": (0.0, None), "min_lr_ratio": (0.0, 1.0), "seed": (0, 2**63 - 1), "knn_k": (1, None),
+    "eval_every": (0, None), "knn_train_limit": (0, None), "checkpoint_every": (1, None),
+    **{k: v for m in REGISTRY.values() for k, v in getattr(m, "limits", {}).items()},
+}
+
+
+def _describe(limit) -> str:
+    lo_open, hi_open = limit[0] == "(", limit[-1] == ")"
+    lo, hi = [x for x in limit if x not in ("(", ")")]
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo:g}"
+    return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _within(value, limit) -> bool:
+    lo_open, hi_open = limit[0] == "(", limit[-1] == ")"
+    lo, hi = [x for x in limit if x not in ("(", ")")]
+    if not math.isfinite(value):
+        return False
+    above = value > lo if lo_open else value >= lo
+    below = hi is None or (value < hi if hi_open else value <= hi)
+    return above and below
+
+
+def check(cfg) -> None:
+    """Every key against CHOICES and LIMITS (batch_size >= 2: with one image there are no
+    negatives and no batch statistics). Limits that depend on the data (batch_size and knn_k
+    against the training set) are checked by the training loop before anything is written."""
+    for key, allowed in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: expected one of {list(allowed)}, got {value!r}")
+    for key, limit in LIMITS.items():
+        value = getattr(cfg, key, None)
+        if value is not None and not _within(value, limit):
+            raise ConfigError(f"config key {key!r}: expected a value {_describe(limit)}, got {value!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"config key 'device': expected auto, cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
 def from_dict(d: dict, source: str = "config") -> Config:
@@ -128,7 +179,10 @@ def from_dict(d: dict, source: str = "config") -> Config:
         if key not in types:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(types))})")
         out[key] = _coerce(key, value, types[key], source)
-    return Config(**out)
+    try:
+        return Config(**out)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _coerce(key, value, typ, source):

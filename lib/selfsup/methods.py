@@ -1,4 +1,11 @@
-"""SimCLR, BYOL and Barlow Twins: an encoder, heads, and `loss(view1, view2) -> scalar`.
+"""The methods and their registry: an encoder, heads, and `loss(view1, view2) -> scalar`.
+
+Each method is one class, and the class is the one place that knows the method: its `name`
+(config value), `title` (tables and plots), its head sizes (the paper's, used when the config
+leaves proj_hidden / proj_dim at 0), its augmentation `recipe`, and `settings`: the config keys
+only this method reads, with their defaults. selfsup.config builds its Config from these
+settings and hashes only those the chosen method reads; notebooks and the report list the
+methods from REGISTRY. Adding a method = a loss in selfsup.losses, a class here, a preset section.
 
 BatchNorm choice (it changes what the statistics see, so it is stated, not implied):
 - SimCLR: ONE forward over both views concatenated (2B images), as SimCLR's global BN does,
@@ -15,19 +22,31 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from . import losses
-from .config import Config
 from .distributed import gather
 from .models import backbone, mlp
+
+if TYPE_CHECKING:  # config imports this module (the registry); methods only read a Config's fields
+    from .config import Config
 
 
 class Method(nn.Module):
     """What the training loop needs of a method: `loss(v1, v2)` (also its forward, which
-    DistributedDataParallel calls) and `step_target(progress)` after each optimizer step."""
+    DistributedDataParallel calls) and `step_target(progress)` after each optimizer step.
+    What the rest of the workbook needs: the class attributes below."""
+
+    name: str = ""
+    title: str = ""
+    summary: str = ""  # what it does, in a few words (the report's comparison)
+    heads: dict = {}  # proj_hidden, proj_dim (, pred_hidden): the paper's sizes
+    recipe: str = "simclr"  # a key of selfsup.augment.RECIPES
+    settings: dict = {}  # config keys only this method reads -> default
+    limits: dict = {}  # their ranges, as selfsup.config.LIMITS writes them
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         return self.loss(v1, v2)
@@ -40,6 +59,12 @@ class Method(nn.Module):
 
 
 class SimCLR(Method):
+    name, title, recipe = "simclr", "SimCLR", "simclr"
+    summary = "contrastive: NT-Xent over the other images of the batch as negatives"
+    heads = dict(proj_hidden=2048, proj_dim=128)  # a 2-layer MLP to 128-d
+    settings = dict(temperature=0.5)  # NT-Xent tau; the paper's best at batch 4096 is 0.1-0.5
+    limits = dict(temperature=(1e-3, 10.0))  # below ~1e-3 the logits overflow float32
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -55,6 +80,14 @@ class SimCLR(Method):
 
 
 class BYOL(Method):
+    name, title, recipe = "byol", "BYOL", "asymmetric"
+    summary = "a predictor regresses an EMA target network's embedding; no negatives"
+    heads = dict(proj_hidden=4096, proj_dim=256, pred_hidden=4096)  # 4096 -> 256, predictor 4096
+    # byol_momentum: EMA base rate, cosine-raised to 1 (paper: 0.996 at batch 4096);
+    # pred_hidden: the predictor's hidden width (0 = heads above)
+    settings = dict(byol_momentum=0.99, pred_hidden=0)
+    limits = dict(byol_momentum=(0.0, 1.0), pred_hidden=(0, None))
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -91,6 +124,12 @@ class BYOL(Method):
 
 
 class BarlowTwins(Method):
+    name, title, recipe = "barlow", "Barlow Twins", "asymmetric"
+    summary = "the cross-correlation of the two views' embeddings is pushed to the identity"
+    heads = dict(proj_hidden=8192, proj_dim=8192)  # 3 x 8192
+    settings = dict(barlow_lambda=5e-3)  # off-diagonal weight (paper: 5e-3)
+    limits = dict(barlow_lambda=(0.0, 10.0))
+
     def __init__(self, cfg: Config):
         super().__init__()
         self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
@@ -106,9 +145,9 @@ class BarlowTwins(Method):
         return losses.barlow_twins_loss(self._global(z1), self._global(z2), self.lambd)  # global batch
 
 
-METHODS = {"simclr": SimCLR, "byol": BYOL, "barlow": BarlowTwins}
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, BarlowTwins)}
 
 
-def build_method(cfg: Config) -> nn.Module:
+def build_method(cfg: Config) -> Method:
     """The method named by cfg.method, randomly initialised from the current torch RNG."""
-    return METHODS[cfg.method](cfg)
+    return REGISTRY[cfg.method](cfg)

@@ -155,16 +155,16 @@ def tsne_embedding(features, seed: int = 0, perplexity: float = 30.0, **tsne_kwa
                 **tsne_kwargs).fit_transform(x)
 
 
-def _tsne_panel(ax, emb, labels, names, n_highlight, rng, title):
-    labels = _np(labels)
-    classes = np.unique(labels)
-    shown = classes if len(classes) <= n_highlight else np.sort(rng.choice(classes, n_highlight, replace=False))
+def tsne_panel(ax, emb, labels, names, shown, title: str = "") -> None:
+    """One t-SNE scatter: the classes in `shown` coloured (in that order), the rest grey.
+    emb (N, 2), labels (N,), names: class names by label (or None)."""
+    labels, shown = _np(labels), list(shown)
     rest = ~np.isin(labels, shown)
     if rest.any():
+        n_rest = len(np.unique(labels[rest]))
         ax.scatter(emb[rest, 0], emb[rest, 1], s=3, c=GREY, alpha=0.35, linewidths=0,
-                   label=f"{len(classes) - len(shown)} other classes")
-    cmap = _palette(len(shown))
-    for colour, c in zip(cmap, shown):
+                   label=f"{n_rest} other class{'es' if n_rest != 1 else ''}")
+    for colour, c in zip(_palette(len(shown)), shown):
         m = labels == c
         name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
         ax.scatter(emb[m, 0], emb[m, 1], s=5, color=colour, linewidths=0, label=name)
@@ -199,8 +199,10 @@ def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *
         emb = (embeddings or {}).get(key)
         if emb is None:
             emb = tsne_embedding(feats, seed, **(tsne_kwargs or {}))
-        rng = np.random.RandomState(seed)
-        _tsne_panel(ax, _np(emb), labels, names, n_highlight, rng, title)
+        classes = np.unique(_np(labels))
+        shown = (classes if len(classes) <= n_highlight
+                 else np.sort(np.random.RandomState(seed).choice(classes, n_highlight, replace=False)))
+        tsne_panel(ax, _np(emb), labels, names, shown, title)
     return _save(fig, path)
 
 
@@ -209,12 +211,14 @@ def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *
 
 
 def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, class_names, *,
-                      query_labels=None, query_class_names=None, path=None) -> Figure:
+                      query_labels=None, query_class_names=None, query_titles=None, query_colours=None,
+                      path=None) -> Figure:
     """One row per query: the query image, then its nearest training images (nearest first)
     with their class names; green when a neighbour's class is the query's, red otherwise.
 
     query_images (Q, H, W, 3), train_images (N, H, W, 3), neighbour_idx (Q, k) indices into
     train_images / train_labels (e.g. eval.json's gallery), class_names for train_labels.
+    query_titles / query_colours: per query, a title (and its colour) in place of "query <class>".
     """
     q_img, t_img = _hwc(query_images), _hwc(train_images)
     idx, t_lab = _np(neighbour_idx).astype(int), _np(train_labels)
@@ -227,8 +231,9 @@ def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, c
     for r in range(q):
         axes[r, 0].imshow(q_img[r], interpolation="nearest")
         qlab = None if query_labels is None else int(_np(query_labels)[r])
-        axes[r, 0].set_title("query" + (f"\n{q_names[qlab]}" if qlab is not None else ""), fontsize=7,
-                             fontweight="bold")
+        title = "query" + (f"\n{q_names[qlab]}" if qlab is not None else "")
+        axes[r, 0].set_title(title if query_titles is None else query_titles[r], fontsize=7, fontweight="bold",
+                             color="black" if query_colours is None else query_colours[r])
         for j in range(k):
             ax = axes[r, j + 1]
             ax.imshow(t_img[idx[r, j]], interpolation="nearest")

@@ -31,10 +31,8 @@ run of another config is never deleted: the sweep stops with an error naming the
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import itertools
-import math
 import multiprocessing
 import os
 import re
@@ -49,32 +47,32 @@ from pathlib import Path
 from . import config
 from .config import ConfigError
 from .data import fingerprint, load_dataset
-from .evaluate import eval_matches
-from .train import RunError, read_json, read_metrics, write_json
+from .results import RESULT_COLUMNS, RESULTS, run_summary, write_results
+from .runs import Run, RunError, write_json
+from .workbook import execute_notebook
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
-SWEEP_KEYS = ("name", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
+SWEEP_KEYS = ("name", "title", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
               "parameters")
-# Columns of results.csv after the per-key parameter columns.
-# Accuracy columns are named as in eval.json's summary (val_knn = course k-NN on val, ...), so rows
-# plug straight into selfsup.plots; random_init_* is the floor: the same network untrained.
-ACCURACY_COLUMNS = ("val_knn", "ood_knn", "val_knn_weighted", "ood_knn_weighted", "val_linear", "ood_linear",
-                    "random_init_val_knn", "random_init_ood_knn", "random_init_val_linear",
-                    "random_init_ood_linear")
-RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "wall_clock_s", "config_hash",
-                  "run_dir", "error")
+# The course report's ablation sweeps, in the report's order: configs/sweeps/course_<stem>.yaml.
+# Their axes, values and titles are read from the files (course_axes), the one source.
+COURSE_SWEEPS = ("temperature", "optimizer", "lr", "batch", "backbone", "epochs")
+DEFINITION = "sweep.json"
 
-# The course report's ablation axes, in the report's order, with the values it tried.
-ABLATION_AXES = {
-    "temperature": dict(title="NT-Xent temperature", values=[0.05, 0.1, 0.5],
-                        file="configs/sweeps/course_temperature.yaml"),
-    "optimizer": dict(title="Optimizer", values=["adam", "adamw"], file="configs/sweeps/course_optimizer.yaml"),
-    "lr": dict(title="Learning rate", values=[1e-3, 2e-3, 4e-3, 8e-3], file="configs/sweeps/course_lr.yaml"),
-    "batch_size": dict(title="Batch size", values=[256, 512, 1024], file="configs/sweeps/course_batch.yaml"),
-    "backbone": dict(title="Backbone", values=["resnet18", "resnet34", "resnet50"],
-                     file="configs/sweeps/course_backbone.yaml"),
-    "epochs": dict(title="Training epochs", values=[50, 100, 200, 300], file="configs/sweeps/course_epochs.yaml"),
-}
+
+def course_axes(root=".") -> dict[str, dict]:
+    """{axis: {"title", "values", "file"}} of the course sweeps under root/configs/sweeps, in the
+    report's order (an axis whose file is missing is left out)."""
+    out = {}
+    for stem in COURSE_SWEEPS:
+        path = Path(root) / "configs" / "sweeps" / f"course_{stem}.yaml"
+        if not path.is_file():
+            continue
+        spec = config.read_yaml_mapping(path, "sweep")
+        for axis, values in (spec.get("axes") or {}).items():
+            out[axis] = dict(title=spec.get("title", axis), values=list(values),
+                             file=str(path.relative_to(root)) if not Path(root).is_absolute() else str(path))
+    return out
 
 
 @dataclass
@@ -145,6 +143,37 @@ def _values(spec: dict, key: str, source: str) -> dict[str, list]:
     return table
 
 
+def _resolve(candidates: list[Point], preset: Path, fixed: dict, root: Path) -> tuple[list[Point], list[str]]:
+    """Each point's config (or its error), points with the same config merged (the base of several
+    axes runs once), and a distinct folder under root each. Returns (points, varied keys)."""
+    # Resolve configs; merge points with the same config (the base of several axes runs once).
+    merged: dict[str, Point] = {}
+    out: list[Point] = []
+    keys: list[str] = []
+    for p in candidates:
+        for k in p.overrides:
+            if k not in keys:
+                keys.append(k)
+        try:
+            p.cfg = config.load(preset, {**fixed, **p.overrides})  # a point's method picks its section
+        except ConfigError as e:
+            p.error = str(e)
+        ident = p.cfg.hash() if p.cfg else f"invalid:{_slug(p.overrides)}"
+        if ident in merged:
+            merged[ident].axes += [a for a in p.axes if a not in merged[ident].axes]
+            continue
+        merged[ident] = p
+        out.append(p)
+    slugs = set()
+    for p in out:
+        p.slug = _slug(p.overrides)
+        if p.slug in slugs:  # e.g. 0.1 and "0.1" that resolve differently; keep folders distinct
+            p.slug += f"_{p.cfg.hash() if p.cfg else len(slugs)}"
+        slugs.add(p.slug)
+        p.run_dir = root / p.slug
+    return out, keys
+
+
 def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_root: str | Path = "runs") -> Sweep:
     """Read and check a sweep (a YAML file, or the same content as a dict) -> Sweep.
 
@@ -207,32 +236,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     if not candidates:
         raise ConfigError(f"{source}: no points: give at least one of 'grid', 'axes' or 'points'")
 
-    # Resolve configs; merge points with the same config (the base of several axes runs once).
-    merged: dict[str, Point] = {}
-    out: list[Point] = []
-    keys: list[str] = []
-    for p in candidates:
-        for k in p.overrides:
-            if k not in keys:
-                keys.append(k)
-        try:
-            p.cfg = config.load(preset, {**fixed, **p.overrides})  # a point's method picks its section
-        except ConfigError as e:
-            p.error = str(e)
-        ident = p.cfg.hash() if p.cfg else f"invalid:{_slug(p.overrides)}"
-        if ident in merged:
-            merged[ident].axes += [a for a in p.axes if a not in merged[ident].axes]
-            continue
-        merged[ident] = p
-        out.append(p)
-    root = Path(runs_root) / name
-    slugs = set()
-    for p in out:
-        p.slug = _slug(p.overrides)
-        if p.slug in slugs:  # e.g. 0.1 and "0.1" that resolve differently; keep folders distinct
-            p.slug += f"_{p.cfg.hash() if p.cfg else len(slugs)}"
-        slugs.add(p.slug)
-        p.run_dir = root / p.slug
+    out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
     return Sweep(name=name, notebook=notebook, preset=preset, data=Path(data), evaluate=evaluate,
                  overrides=fixed, parameters=parameters, points=out, keys=keys, source=source)
 
@@ -246,9 +250,10 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
     yet evaluated), "fresh" (empty or cleared). Clears a folder that holds an unfinished run of
     another config or data, or no run at all; raises RunError for a finished run of another config
     or trained on other data (data_id: `selfsup.data.fingerprint` of the train split)."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    run = Run(run_dir)
+    if run.is_empty():
         return "fresh"
-    info = read_json(run_dir / "run.json")
+    info = run.info()
     if data_id and info.get("data_fingerprint") not in (None, data_id):
         if info.get("status") == "finished":
             raise RunError(f"{run_dir}: holds a finished run trained on other data (fingerprint "
@@ -257,10 +262,10 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
         return "fresh"
     if info.get("config_hash") == cfg_hash:
         if info.get("status") == "finished":
-            if evaluate and not eval_matches(read_json(run_dir / "eval.json"), cfg_hash):
+            if evaluate and not run.eval_current(cfg_hash):
                 return "resume"  # trained, not evaluated: train(resume=True) returns at once
             return "done"
-        if (run_dir / "checkpoint.pt").exists():
+        if run.has_checkpoint():
             return "resume"
     elif info.get("status") == "finished":
         raise RunError(f"{run_dir}: holds a finished run of another config (hash {info.get('config_hash')}, "
@@ -274,33 +279,20 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
 # Executing points
 
 
-def execute_notebook(notebook, output, parameters: dict, cwd=None, progress: bool = False) -> None:
-    """Run `notebook` top to bottom with papermill (kernel python3), writing the executed copy to
-    `output`. Raises papermill's PapermillExecutionError when a cell fails."""
-    import papermill
-
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    # log_level=ERROR: ipykernel 7 warns at every start that the local kernel talks plain TCP,
-    # which is how every Jupyter kernel has run; one such line per sweep point buries the progress.
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               progress_bar=progress, cwd=None if cwd is None else str(cwd),
-                               extra_arguments=["--IPKernelApp.log_level=ERROR"])
-
-
 def _execute_point(task: dict) -> dict:
     """Run one point (in this process or a pool worker). Returns its outcome; never raises for a
     failing notebook (the error goes to error.txt and the outcome)."""
-    run_dir = Path(task["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").unlink(missing_ok=True)
+    run = Run(task["run_dir"])
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.clear_error()
     t0 = time.perf_counter()
     try:
-        execute_notebook(task["notebook"], run_dir / Path(task["notebook"]).name, task["parameters"],
+        execute_notebook(task["notebook"], run.file(Path(task["notebook"]).name), task["parameters"],
                          cwd=task["cwd"])
         return dict(slug=task["slug"], ok=True, seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a failing point is recorded; the sweep goes on
         message = _error_text(e)
-        (run_dir / "error.txt").write_text(message + "\n")
+        run.write_error(message)
         return dict(slug=task["slug"], ok=False, error=message.splitlines()[0] if message else type(e).__name__,
                     seconds=time.perf_counter() - t0)
 
@@ -347,7 +339,11 @@ def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Pa
     else 1); with several GPUs each worker sees one (CUDA_VISIBLE_DEVICES)."""
     sweep = load_sweep(file, data=data, runs_root=runs_root)
     root = Path(runs_root) / sweep.name
-    root.mkdir(parents=True, exist_ok=True)
+    with Run(root).lock("sweep folder"):  # one sweep at a time per folder: a second one is refused
+        return _run_sweep(sweep, root, jobs, progress)
+
+
+def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
     _write_definition(sweep, root)
 
     _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {root}")
@@ -355,8 +351,7 @@ def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Pa
     tasks = []
     for p in sweep.points:
         if p.cfg is None:  # invalid values: record, do not run
-            p.run_dir.mkdir(parents=True, exist_ok=True)
-            (p.run_dir / "error.txt").write_text(p.error + "\n")
+            Run(p.run_dir).write_error(p.error)
             _log(progress, f"[{sweep.name}] {p.slug}: invalid ({p.error})")
             continue
         state = point_state(p.run_dir, p.cfg.hash(), sweep.evaluate, data_id)
@@ -405,7 +400,7 @@ def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Pa
             manager.shutdown()
 
     rows = [result_row(p, sweep, outcomes.get(p.slug)) for p in sweep.points]
-    table = write_results(rows, sweep.keys, root / "results.csv")
+    table = write_results(rows, sweep.keys, root / RESULTS)
     failed = sum(r["status"] != "finished" for r in rows)
     _log(progress, f"[{sweep.name}] results: {table} ({len(rows) - failed} finished, {failed} failed)")
     return table
@@ -429,27 +424,11 @@ def _write_definition(sweep: Sweep, root: Path) -> None:
              data=str(sweep.data), evaluate=sweep.evaluate, overrides=sweep.overrides, keys=sweep.keys,
              points=[dict(slug=p.slug, overrides=p.overrides, axes=p.axes,
                           config_hash=p.cfg.hash() if p.cfg else None) for p in sweep.points])
-    write_json(root / "sweep.json", d)
+    write_json(root / DEFINITION, d)
 
 
 # --------------------------------------------------------------------------------------------
 # Results
-
-
-def run_summary(run_dir: str | Path) -> dict:
-    """Headline numbers of one run folder (run.json, metrics.jsonl, eval.json); missing -> NaN.
-
-    Keys: status, epochs, train_loss, wall_clock_s, config_hash and ACCURACY_COLUMNS (fractions in
-    [0, 1], named as in eval.json's summary)."""
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json")
-    metrics = read_metrics(run_dir)
-    summary = read_json(run_dir / "eval.json").get("summary", {})
-    out = dict(status=info.get("status", "missing"), epochs=len(metrics),
-               train_loss=metrics[-1]["train_loss"] if metrics else math.nan,
-               wall_clock_s=info.get("wall_clock_s", math.nan), config_hash=info.get("config_hash", ""))
-    out.update({k: summary.get(k, math.nan) for k in ACCURACY_COLUMNS})
-    return out
 
 
 def result_row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
@@ -460,99 +439,12 @@ def result_row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
     summary = run_summary(p.run_dir)
     row.update({k: summary[k] for k in RESULT_COLUMNS if k in summary})
     row["run_dir"] = str(p.run_dir)
-    error_file = p.run_dir / "error.txt"
+    run = Run(p.run_dir)
     if p.cfg is None:
         row["status"] = "invalid"
-    elif error_file.exists():
+    elif run.has_error():
         row["status"] = "failed"
-    row["error"] = error_file.read_text().splitlines()[0] if error_file.exists() else ""
+    row["error"] = run.error()
     if outcome and outcome.get("ok") is False and not row["error"]:
         row["error"] = outcome.get("error", "")
     return row
-
-
-def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
-    columns = ["point", "axes", *keys, *RESULT_COLUMNS]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, ""))
-                        for k in columns})
-    os.replace(tmp, path)
-    return path
-
-
-def results_path(name_or_csv: str | Path, runs_root: str | Path = "runs") -> Path:
-    """A sweep name, a sweep folder or a results.csv path -> the results.csv path (may not exist)."""
-    p = Path(name_or_csv)
-    if p.suffix == ".csv":
-        return p
-    if p.is_dir():
-        return p / "results.csv"
-    return Path(runs_root) / str(name_or_csv) / "results.csv"
-
-
-def load_results(name_or_csv: str | Path, runs_root: str | Path = "runs"):
-    """A sweep's results table as a pandas DataFrame (one row per point; `axes` is a list).
-
-    name_or_csv: a sweep name (read from runs_root/<name>/results.csv), its folder, or a CSV path.
-    Raises FileNotFoundError naming the path when the sweep has not been run."""
-    import pandas as pd
-
-    path = results_path(name_or_csv, runs_root)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no sweep results (run `selfsup sweep` first)")
-    text_columns = ("point", "axes", "status", "config_hash", "run_dir", "error")
-    df = pd.read_csv(path, dtype={c: str for c in text_columns})
-    for c in text_columns:
-        df[c] = df[c].fillna("")
-    df["axes"] = df["axes"].map(lambda s: [a for a in s.split("|") if a])
-    df["sweep"] = path.parent.name
-    return df
-
-
-def find_results(runs_root: str | Path = "runs") -> list[Path]:
-    """Every runs_root/<sweep>/results.csv, sorted by sweep name."""
-    return sorted(Path(runs_root).glob("*/results.csv"))
-
-
-def collect_results(runs_root: str | Path = "runs", sweeps=None, ignore=("compare_*",)):
-    """Several sweeps' tables in one DataFrame (a `sweep` column tells them apart).
-
-    sweeps: names / folders / CSV paths; None = every runs_root/*/results.csv whose sweep name
-    matches none of the `ignore` globs (the method comparisons by default). Sweeps named
-    explicitly but not run yet are skipped. Returns an empty DataFrame when nothing was run."""
-    import fnmatch
-
-    import pandas as pd
-
-    if sweeps is None:
-        paths = [p for p in find_results(runs_root)
-                 if not any(fnmatch.fnmatch(p.parent.name, pat) for pat in (ignore or ()))]
-    else:
-        names = [sweeps] if isinstance(sweeps, (str, Path)) else list(sweeps)
-        paths = [results_path(s, runs_root) for s in names]
-    frames = [load_results(p) for p in paths if p.is_file()]
-    if not frames:
-        return pd.DataFrame(columns=["point", "axes", "sweep", *RESULT_COLUMNS])
-    return pd.concat(frames, ignore_index=True)
-
-
-def axis_results(results, axis: str):
-    """The rows of `results` (DataFrame from load_results, possibly several sweeps concatenated)
-    that vary `axis`, sorted by its value; empty when the axis was not run."""
-    if results is None or len(results) == 0 or axis not in results.columns:
-        return results.iloc[0:0] if results is not None else None
-    rows = results[results["axes"].map(lambda a: axis in a)]
-    order = sorted(range(len(rows)), key=lambda i: _sort_key(rows[axis].iloc[i]))
-    return rows.iloc[order].reset_index(drop=True)
-
-
-def _sort_key(v):
-    # Numbers by value; names (resnet18/34/50, adam/adamw) by their text.
-    try:
-        return (0, float(v), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(v))

@@ -12,30 +12,24 @@ on the same number of processes repeats exactly), and process 0 alone writes the
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
-from . import __version__
 from . import distributed as dist
 from .augment import TwoViews
 from .config import Config, ConfigError
 from .data import Dataset, fingerprint
-from .methods import build_method
-
-
-class RunError(RuntimeError):
-    """A run folder in a state the command cannot continue from. The message says why."""
+from .features import extract_features
+from .knn import knn_predict
+from .methods import Method, build_method
+from .runs import CHECKPOINT, Run, RunError, environment, now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,19 +37,25 @@ class RunError(RuntimeError):
 
 
 def resolve_device(cfg: Config) -> torch.device:
+    """cfg.device made concrete. Under torchrun every process takes the GPU of its LOCAL_RANK
+    (selected by selfsup.distributed), whatever cuda:N the config names."""
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {cfg.device!r} requested but CUDA is not available")
-    if cfg.device == "auto" or (cfg.device == "cuda" and dist.active()):
-        # The current CUDA device: the one torchrun's LOCAL_RANK selected for this process.
+    if cfg.device == "auto" or (cfg.device.startswith("cuda") and dist.active()):
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(cfg.device)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on CPU (CPU bf16 is slower on most CPUs)."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+    """The autocast dtype (None: fp32). auto: bf16 on CUDA cards that support it (Ampere and
+    newer), fp16 (with a gradient scaler) on older ones, fp32 on CPU (CPU bf16 is slower on most
+    CPUs)."""
+    precision = cfg.precision
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
@@ -129,49 +129,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
 
 
 # ---------------------------------------------------------------------------------------------
-# Run folder bookkeeping
-
-
-def environment(device: torch.device) -> dict:
-    import torchvision
-
-    info = dict(
-        selfsup=__version__, python=platform.python_version(), torch=torch.__version__,
-        torchvision=torchvision.__version__, numpy=np.__version__, platform=platform.platform(),
-        device=str(device), threads=torch.get_num_threads(), processes=dist.world_size(),
-    )
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def write_json(path: Path, obj, indent: int | None = 2) -> None:
-    """Write JSON atomically (a temp file, then rename): readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path) -> dict:
-    """A run folder's JSON file as a dict; {} when it is missing or unreadable."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------------------------------------
 # Monitoring: SSL loss on augmented val and the course k-NN on val
 
 
@@ -193,8 +150,6 @@ def val_loss(model, aug, val_x, cfg, amp, channels_last) -> float:
 
 
 def knn_monitor(model, train_x, train_y, val_x, val_y, k) -> float:
-    from .evaluate import extract_features, knn_predict
-
     f_train = extract_features(model.encoder, train_x)
     f_val = extract_features(model.encoder, val_x)
     pred = knn_predict(f_train, train_y, f_val, k=k)
@@ -211,15 +166,123 @@ def as_channels_last(*views: torch.Tensor) -> tuple:
     return tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
 
 
-def optimisation_step(loss_fn, opt, v1: torch.Tensor, v2: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
-    """loss_fn(v1, v2) under autocast (amp: its dtype, None: off), backward, one optimizer step.
-    Returns the loss, not synchronised. The loop and benchmarks/throughput.py both step with it."""
+def optimisation_step(loss_fn, opt, v1: torch.Tensor, v2: torch.Tensor, amp: torch.dtype | None,
+                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """loss_fn(v1, v2) under autocast (amp: its dtype, None: off), backward, one optimizer step
+    (through `scaler` for fp16). Returns the loss, not synchronised."""
     with torch.autocast(v1.device.type, dtype=amp, enabled=amp is not None):
         loss = loss_fn(v1, v2)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     return loss
+
+
+# ---------------------------------------------------------------------------------------------
+# What a run trains with, built once for the loop and for benchmarks/throughput.py
+
+
+@dataclass
+class Setup:
+    model: Method  # the method on its device (its loss, its encoder, its target network)
+    loss_fn: object  # what the step calls: model.loss, through DDP and torch.compile when used
+    eager_fn: object  # the same without torch.compile (the fallback)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    aug: TwoViews
+    device: torch.device
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    channels_last: bool
+    steps_per_epoch: int
+    total_steps: int
+
+    def step(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """One optimisation step. A torch.compile failure -- in the forward or in the backward,
+        which torch compiles lazily inside loss.backward() -- switches to eager mode (with the
+        error's text) and redoes the step; any other error propagates."""
+        try:
+            return optimisation_step(self.loss_fn, self.opt, v1, v2, self.amp, self.scaler)
+        except Exception as e:
+            if self.loss_fn is self.eager_fn or not _is_compile_error(e):
+                raise
+            print(f"selfsup: torch.compile failed ({_first_line(e)}); running eagerly", file=sys.stderr)
+            self.loss_fn = self.eager_fn
+            return optimisation_step(self.loss_fn, self.opt, v1, v2, self.amp, self.scaler)
+
+
+def build(cfg: Config, n_train: int, device: torch.device) -> Setup:
+    """The model (initialised from torch's RNG seeded with cfg.seed), optimizer, schedule,
+    augmentation and precision for training cfg on n_train images on `device`."""
+    torch.manual_seed(cfg.seed)
+    model = build_method(cfg).to(device)
+    world = dist.world_size()
+    if cfg.sync_bn and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = use_channels_last(cfg, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch = n_train // cfg.batch_size  # drop the last partial batch: the losses depend on B
+    total_steps = steps_per_epoch * cfg.epochs
+    opt = make_optimizer(cfg, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
+    eager = model.loss
+    if world > 1:
+        eager = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    return Setup(model=model, loss_fn=torch.compile(eager) if cfg.compile else eager, eager_fn=eager, opt=opt,
+                 sched=sched, aug=TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0)),
+                 device=device, amp=amp, scaler=scaler, channels_last=channels_last,
+                 steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
+def _is_compile_error(e: BaseException) -> bool:
+    """An exception raised by torch.compile's machinery (dynamo, AOT autograd, inductor), here or
+    in its chain of causes."""
+    while e is not None:
+        if type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "torch._functorch")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def configure_backends(cfg: Config, device: torch.device) -> None:
+    """cuDNN: autotuned kernels for the fixed shapes of training (fastest), or deterministic
+    algorithms everywhere (cfg.deterministic: bit-exact resumes on a GPU, slower)."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        if device.type == "cuda":
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (CUDA docs)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def non_finite(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str | None:
+    """The first parameter, buffer or optimizer state that holds NaN or infinity; None if none."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                return f"{kind} {name}"
+    for state in opt.state.values():
+        for key, t in state.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+                return f"optimizer state '{key}'"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,40 +299,53 @@ def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False,
     """
     joined = dist.init_from_env()
     try:
-        return _train(cfg, data, Path(run_dir), resume, progress, stop_after)
+        return _train(cfg, data, Run(run_dir), resume, progress, stop_after)
     finally:
         if joined:
             dist.shutdown()
 
 
-def _train(cfg, data, run_dir, resume, progress, stop_after) -> dict:
-    lead = dist.rank() == 0  # process 0 writes the run folder and evaluates
-    ckpt_path = run_dir / "checkpoint.pt"
-    if ckpt_path.exists() and not resume:
-        raise RunError(f"{run_dir}: already holds a run (checkpoint.pt); pass --resume or choose a new --run-dir")
-    if resume and not ckpt_path.exists():
-        raise RunError(f"{ckpt_path}: no checkpoint to resume from")
+def _check_inputs(cfg: Config, data: Dataset) -> None:
+    """The limits that depend on the data, before anything is written."""
     n, world = len(data.train.images), dist.world_size()
     if cfg.batch_size > n:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} is larger than the training set ({n} images)")
     if cfg.batch_size % world:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} does not split evenly over {world} processes")
+    knn_n = min(n, cfg.knn_train_limit or n)
+    if cfg.knn_k > knn_n:
+        raise ConfigError(f"config key 'knn_k': {cfg.knn_k} neighbours, but the k-NN monitor has only "
+                          f"{knn_n} training images; expected a value in [1, {knn_n}]")
+    if len(data.val) < 2:
+        raise ConfigError(f"{data.val.source}: {len(data.val)} validation image(s); the monitor needs at least 2")
+
+
+def _train(cfg: Config, data: Dataset, run: Run, resume: bool, progress: bool, stop_after: int | None) -> dict:
+    lead = dist.rank() == 0  # process 0 writes the run folder and evaluates
+    _check_inputs(cfg, data)
     device = resolve_device(cfg)
-    if cfg.sync_bn and world > 1 and device.type != "cuda":
+    if cfg.sync_bn and dist.world_size() > 1 and device.type != "cuda":
         raise ConfigError("config key 'sync_bn': torch's SyncBatchNorm needs CUDA; set sync_bn=false on CPU")
-    dist.barrier()  # every process has checked the folder before process 0 writes to it
-    if lead:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    with run.lock() if lead else _nothing():  # one writer per run folder
+        if run.has_checkpoint() and not resume:
+            raise RunError(f"{run.path}: already holds a run ({CHECKPOINT}); pass --resume or choose a new --run-dir")
+        state = run.load_checkpoint() if resume else None
+        dist.barrier()  # every process has checked the folder before process 0 writes to it
+        return _loop(cfg, data, run, state, device, lead, progress, stop_after)
 
-    amp = amp_dtype(cfg, device)
-    channels_last = use_channels_last(cfg, device)
-    torch.manual_seed(cfg.seed)
-    model = build_method(cfg).to(device)
-    if cfg.sync_bn and world > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
 
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
+    n, world = len(data.train.images), dist.world_size()
+    configure_backends(cfg, device)
+    s = build(cfg, n, device)
     train_x = images_to_device(data.train.images, device)  # (N, 3, H, W) uint8
     val_x = images_to_device(data.val.images, device)
     val_y = torch.from_numpy(data.val.labels)
@@ -277,106 +353,137 @@ def _train(cfg, data, run_dir, resume, progress, stop_after) -> dict:
     if cfg.knn_train_limit and cfg.knn_train_limit < n:
         knn_idx = np.sort(np.random.RandomState(cfg.seed).choice(n, cfg.knn_train_limit, replace=False))
     knn_x, knn_y = train_x[torch.from_numpy(knn_idx).to(device)], torch.from_numpy(data.train.labels[knn_idx])
-
-    steps_per_epoch = n // cfg.batch_size  # drop the last partial batch: the losses depend on B
-    total_steps = steps_per_epoch * cfg.epochs
-    opt = make_optimizer(cfg, model)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
-    )
-    aug = TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
     gen = torch.Generator(device).manual_seed(cfg.seed)  # data order (the same in every process)
     aug_gen = gen if world == 1 else torch.Generator(device)  # augmentation: one per process
-    step = model.loss
-    if world > 1:
-        step = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = _compiled(step) if cfg.compile else step
 
-    data_id = fingerprint(data.train)
+    data_id, val_id = fingerprint(data.train), fingerprint(data.val)
     start_epoch, elapsed = 0, 0.0
-    if resume:
-        # On CPU first: generator states must be CPU tensors; load_state_dict moves the rest.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["config_hash"] != cfg.hash():
-            raise RunError(f"{ckpt_path}: was written with different settings (config hash "
-                           f"{state['config_hash']} != {cfg.hash()}); resume with the same config")
-        if state.get("data_fingerprint", data_id) != data_id:
-            raise RunError(f"{ckpt_path}: was trained on different data (train set fingerprint "
-                           f"{state['data_fingerprint']} != {data_id}); resume with the same --data")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    if state is not None:
+        _check_resumable(state, run, cfg, data_id, val_id, device)
+        s.model.load_state_dict(state["model"])
+        s.opt.load_state_dict(state["optimizer"])
+        s.sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if s.scaler is not None and state.get("scaler"):
+            s.scaler.load_state_dict(state["scaler"])
         start_epoch, elapsed = state["epoch"], state["elapsed"]
-        if lead:  # metrics written after the last checkpoint belong to epochs that will be redone
-            kept = [m for m in read_metrics(run_dir) if m["epoch"] <= start_epoch]
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
-    elif lead:
-        (run_dir / "metrics.jsonl").write_text("")
-
-    run_info = dict(status="running", config_hash=cfg.hash(), data_fingerprint=data_id, data=data.train.source,
-                    started=_now(), environment=environment(device), train_images=n, steps_per_epoch=steps_per_epoch)
+    # The epochs the checkpoint holds are the run's history: metrics written after it belong to
+    # epochs that will be redone (or a kill came between the two writes).
+    history = state.get("metrics") if state is not None else []
+    if history is None:  # a checkpoint from before metrics were kept in it
+        history = [m for m in run.metrics() if m.get("epoch", 0) <= start_epoch]
+    run_info = dict(status="running", config_hash=cfg.hash(), data_fingerprint=data_id, val_fingerprint=val_id,
+                    data=data.train.source, started=now(), environment=environment(device, world),
+                    precision=str(s.amp).replace("torch.", "") if s.amp else "fp32", train_images=n,
+                    steps_per_epoch=s.steps_per_epoch)
     if lead:
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "run.json", run_info)
+        run.write_metrics(history)
+        run.write_config(cfg)
+        run.write_info(run_info)
 
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not (progress and lead),
+    bar = tqdm(total=s.total_steps, initial=start_epoch * s.steps_per_epoch, disable=not (progress and lead),
                desc=f"{cfg.method} {cfg.backbone}", unit="step", mininterval=1.0, file=sys.stderr)
-    model.train()
+    s.model.train()
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, device=device, generator=gen)
-        if world > 1:
-            aug_gen.manual_seed(_process_seed(cfg.seed, epoch, dist.rank()))
-        loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
-        for i in range(steps_per_epoch):
-            batch = dist.shard(perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            v1, v2 = _views(aug, train_x[batch], aug_gen, channels_last)
-            loss = optimisation_step(loss_fn, opt, v1, v2, amp)
-            sched.step()
-            model.step_target((epoch * steps_per_epoch + i + 1) / total_steps)
-            loss_sum += loss.detach()
-            bar.update()
-            if lead and progress and i % 10 == 0:  # one sync every 10 steps for the progress bar
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", refresh=False)
-        train_loss = dist.mean(loss_sum).item() / steps_per_epoch
-        if not math.isfinite(train_loss):
-            raise RunError(f"{run_dir}: training loss became {train_loss} in epoch {epoch + 1}; lower 'lr'")
-        epoch_time = time.perf_counter() - t0
-        elapsed += epoch_time
-        if not lead:
-            continue
-        record = dict(epoch=epoch + 1, train_loss=train_loss, lr=sched.get_last_lr()[0],
-                      images_per_sec=steps_per_epoch * cfg.batch_size / epoch_time, epoch_time=epoch_time)
-        last = epoch + 1 == cfg.epochs
-        if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-            record["val_loss"] = val_loss(model, aug, val_x, cfg, amp, channels_last)
-            record["knn_acc"] = knn_monitor(model, knn_x, knn_y, val_x, val_y, cfg.knn_k)
-            bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{train_loss:.3f}",
-                            knn=f"{record['knn_acc']:.3f}", refresh=False)
-        record["elapsed"] = elapsed
-
-        if last or epoch + 1 == end_epoch or (epoch + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt_path, model, opt, sched, gen, cfg, epoch + 1, elapsed, data_id)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-    bar.close()
-    finished = end_epoch == cfg.epochs
-    if finished and lead:
-        encoder = {k: v.contiguous() for k, v in model.encoder.state_dict().items()}
-        save_file(encoder, str(run_dir / "encoder.safetensors"))
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            t0 = time.perf_counter()
+            perm = torch.randperm(n, device=device, generator=gen)
+            if world > 1:
+                aug_gen.manual_seed(_process_seed(cfg.seed, epoch, dist.rank()))
+            loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
+            for i in range(s.steps_per_epoch):
+                batch = dist.shard(perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+                v1, v2 = _views(s.aug, train_x[batch], aug_gen, s.channels_last)
+                loss = s.step(v1, v2)
+                s.sched.step()
+                s.model.step_target((epoch * s.steps_per_epoch + i + 1) / s.total_steps)
+                loss_sum += loss.detach()
+                bar.update()
+                if lead and progress and i % 10 == 0:  # one sync every 10 steps for the progress bar
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", refresh=False)
+            train_loss = dist.mean(loss_sum).item() / s.steps_per_epoch
+            if not math.isfinite(train_loss):
+                raise RunError(f"{run.path}: training diverged in epoch {epoch + 1} (loss {train_loss}); the last "
+                               "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run")
+            epoch_time = time.perf_counter() - t0
+            elapsed += epoch_time
+            if not lead:
+                continue
+            record = dict(epoch=epoch + 1, train_loss=train_loss, lr=s.sched.get_last_lr()[0],
+                          images_per_sec=s.steps_per_epoch * cfg.batch_size / epoch_time, epoch_time=epoch_time)
+            last = epoch + 1 == cfg.epochs
+            if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                record.update(_monitor(s, cfg, val_x, val_y, knn_x, knn_y, run, epoch))
+                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{train_loss:.3f}",
+                                knn=f"{record['knn_acc']:.3f}", refresh=False)
+            record["elapsed"] = elapsed
+            checkpoint = last or epoch + 1 == end_epoch or (epoch + 1) % cfg.checkpoint_every == 0
+            bad = checkpoint and non_finite(s.model, s.opt)
+            if bad:
+                raise RunError(f"{run.path}: {bad} became NaN or infinite in epoch {epoch + 1}; the last good "
+                               "checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run")
+            history.append(record)
+            run.append_metrics(record)
+            if checkpoint:  # a kill between these two writes: the resume rebuilds metrics from the checkpoint
+                run.save_checkpoint(checkpoint_state(s, gen, cfg, epoch + 1, elapsed, data_id, val_id, history))
+        bar.close()
+        finished = end_epoch == cfg.epochs
+        if finished and lead:
+            run.save_encoder(s.model.encoder)
+    except (RunError, ValueError, OSError) as e:
+        bar.close()
+        if lead:
+            _mark_failed(run, run_info, e)
+        raise
     dist.barrier()  # the other processes read what process 0 wrote
     if finished:
-        metrics = read_metrics(run_dir)
-        run_info.update(status="finished", finished=_now(), wall_clock_s=elapsed, epochs=len(metrics),
-                        final=metrics[-1] if metrics else {})
+        run_info.update(status="finished", finished=now(), wall_clock_s=elapsed, epochs=len(history),
+                        final=history[-1] if history else {})
     else:
         run_info.update(status="stopped", epochs=end_epoch)
     if lead:
-        write_json(run_dir / "run.json", run_info)
+        run.write_info(run_info)
     return run_info
+
+
+def _monitor(s: Setup, cfg, val_x, val_y, knn_x, knn_y, run, epoch) -> dict:
+    """Validation SSL loss and the course k-NN on val. Non-finite features are a divergence (one
+    line), never a traceback."""
+    try:
+        loss = val_loss(s.model, s.aug, val_x, cfg, s.amp, s.channels_last)
+        acc = knn_monitor(s.model, knn_x, knn_y, val_x, val_y, cfg.knn_k)
+    except ValueError as e:
+        if "NaN or infinity" not in str(e):
+            raise
+        raise RunError(f"{run.path}: the encoder's features became NaN or infinite in epoch {epoch + 1}; the last "
+                       "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run") from None
+    return dict(val_loss=loss, knn_acc=acc)
+
+
+def _mark_failed(run: Run, run_info: dict, e: BaseException) -> None:
+    """run.json says "failed" and why; best effort (the disk may be what failed)."""
+    try:
+        run.write_info({**run_info, "status": "failed", "failed": now(), "error": str(e).splitlines()[0]})
+    except OSError:
+        pass
+
+
+def _check_resumable(state: dict, run: Run, cfg: Config, data_id: str, val_id: str, device: torch.device) -> None:
+    path = run.file(CHECKPOINT)
+    if state["config_hash"] != cfg.hash():
+        raise RunError(f"{path}: was written with different settings (config hash "
+                       f"{state['config_hash']} != {cfg.hash()}); resume with the same config")
+    if state.get("data_fingerprint", data_id) != data_id:
+        raise RunError(f"{path}: was trained on different data (train set fingerprint "
+                       f"{state['data_fingerprint']} != {data_id}); resume with the same --data")
+    if state.get("val_fingerprint", val_id) != val_id:
+        raise RunError(f"{path}: was monitored on another validation set (fingerprint {state['val_fingerprint']} "
+                       f"!= {val_id}); resume with the same --data")
+    if state.get("device_type", "cpu") != device.type:
+        raise RunError(f"{path}: was written on {state.get('device_type', 'cpu')}, this run is on {device.type}; "
+                       f"resume on {state.get('device_type', 'cpu')} (set device={state.get('device_type', 'cpu')})")
 
 
 def _process_seed(seed: int, epoch: int, rank: int) -> int:
@@ -384,28 +491,12 @@ def _process_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def save_checkpoint(path: Path, model, opt, sched, gen, cfg, epoch, elapsed, data_id) -> None:
+def checkpoint_state(s: Setup, gen, cfg, epoch, elapsed, data_id, val_id, metrics) -> dict:
     """Everything needed to continue exactly: weights (with BYOL's EMA target), optimizer,
-    scheduler, RNG states and progress. Written to a temp file, then renamed (atomic)."""
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                 generator=gen.get_state(), torch_rng=torch.get_rng_state(), epoch=epoch, elapsed=elapsed,
-                 config=cfg.to_dict(), config_hash=cfg.hash(), data_fingerprint=data_id)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _compiled(fn):
-    """torch.compile(fn), falling back to eager (with a warning) where compilation fails."""
-    compiled = torch.compile(fn)
-
-    def call(*args):
-        nonlocal compiled
-        try:
-            return compiled(*args)
-        except Exception as e:  # noqa: BLE001 - any compiler failure: run eagerly instead
-            print(f"selfsup: torch.compile failed ({type(e).__name__}); running eagerly", file=sys.stderr)
-            compiled = fn
-            return fn(*args)
-
-    return call
+    scheduler, RNG states, progress, and the metrics rows so far (so an epoch's row and its
+    checkpoint are committed together). Plain tensors and data: loadable with weights_only=True."""
+    return dict(model=s.model.state_dict(), optimizer=s.opt.state_dict(), scheduler=s.sched.state_dict(),
+                scaler=s.scaler.state_dict() if s.scaler is not None else None, generator=gen.get_state(),
+                torch_rng=torch.get_rng_state(), epoch=epoch, elapsed=elapsed, config=cfg.to_dict(),
+                config_hash=cfg.hash(), data_fingerprint=data_id, val_fingerprint=val_id,
+                device_type=s.device.type, metrics=list(metrics))

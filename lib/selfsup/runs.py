@@ -1,0 +1,353 @@
+"""The run folder: the one module that knows its files, their formats and what state they describe.
+
+A run folder, written by `selfsup train` (selfsup.train) and read by everything after it:
+
+    config.json           the Config the run trains (every key)
+    run.json              status (running / stopped / finished / failed), config hash, data
+                          fingerprint, environment, wall clock, final metrics
+    metrics.jsonl         one JSON line per epoch
+    checkpoint.pt         full training state (model, optimizer, scheduler, EMA target, RNG, epoch)
+    encoder.safetensors   the trained encoder, written when training finishes
+    eval.json             the evaluation (selfsup.evaluate), with the config and data it evaluated
+    features.npz          val / OOD backbone features of the evaluation (figures, explorer)
+    tsne.npz              the t-SNE of those features, keyed by their bytes
+    summary.json          headline numbers recorded by the training notebook
+    error.txt             why a sweep point failed
+
+Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
+pickles, and checkpoints through ``torch.load(weights_only=True)``, so a crafted run folder can
+never run code. Sits low in the import graph: it imports only config and methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import Config, ConfigError, from_dict
+from .methods import build_method
+
+CONFIG = "config.json"
+RUN_INFO = "run.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+ENCODER = "encoder.safetensors"
+EVAL = "eval.json"
+FEATURES = "features.npz"
+TSNE = "tsne.npz"
+SUMMARY = "summary.json"
+ERROR = "error.txt"
+LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
+
+
+class RunError(RuntimeError):
+    """A run folder in a state the command cannot continue from. The message says why."""
+
+
+def write_json(path, obj, indent: int | None = 2) -> None:
+    """Write JSON atomically (a temp file, then rename): readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path) -> dict:
+    """A JSON file's object as a dict; {} when it is missing, unreadable or not an object."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def environment(device: torch.device, processes: int = 1) -> dict:
+    """What a result was measured with: versions, platform, device, threads (run.json, benchmarks)."""
+    import torchvision
+
+    info = dict(selfsup=__version__, python=platform.python_version(), torch=torch.__version__,
+                torchvision=torchvision.__version__, numpy=np.__version__, platform=platform.platform(),
+                device=str(device), threads=torch.get_num_threads(), processes=processes)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class Run:
+    """One run folder. Cheap to make; every method reads the files afresh."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- state -------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """run.json ({} when missing)."""
+        return read_json(self.file(RUN_INFO))
+
+    def write_info(self, info: dict) -> None:
+        write_json(self.file(RUN_INFO), info)
+
+    @property
+    def status(self) -> str:
+        return self.info().get("status", "missing")
+
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).is_file()
+
+    def is_empty(self) -> bool:
+        return not self.path.exists() or not any(self.path.iterdir())
+
+    def require_finished(self) -> dict:
+        """run.json of a finished run; RunError naming the folder otherwise."""
+        info = self.info()
+        if info.get("status") != "finished":
+            state = info.get("status", "no run.json")
+            raise RunError(f"{self.path}: no finished run ({state}); train it first (notebooks/03_train.ipynb)")
+        return info
+
+    @contextlib.contextmanager
+    def lock(self, what: str = "run folder"):
+        """Hold this folder for one writer: an OS file lock (flock) on its .lock file, held while
+        the block runs and freed by the OS if the process dies. A second writer gets a one-line
+        RunError naming the holder's pid and host."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"{self.path}: is a file, expected a {what} (a folder)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(f"{self.path}: this {what} is in use by {holder}; wait for it to finish "
+                           "or choose another folder") from None
+        except OSError as e:
+            os.close(fd)
+            raise RunError(f"{self.path}: cannot lock this {what} ({e.strerror}): the filesystem does not "
+                           "support file locks, so two writers could collide; use a local disk") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            yield self
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # --- config and metrics --------------------------------------------------------------------
+
+    def config(self) -> Config:
+        path = self.file(CONFIG)
+        if not path.is_file():
+            raise RunError(f"{path}: missing; expected a run folder written by selfsup train")
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({_first_line(e)})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a JSON object of config keys")
+        return from_dict(d, str(path))
+
+    def write_config(self, cfg: Config) -> None:
+        write_json(self.file(CONFIG), cfg.to_dict())
+
+    def metrics(self) -> list[dict]:
+        """metrics.jsonl as a list of per-epoch dicts ([] when missing); a torn last line is skipped."""
+        path = self.file(METRICS)
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in rows if isinstance(r, dict)]
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Replace metrics.jsonl (atomically) with `rows`."""
+        tmp = self.file(METRICS + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.file(METRICS))
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.file(METRICS), "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # --- checkpoint and encoder --------------------------------------------------------------
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Written to a temp file, then renamed: a kill leaves the previous checkpoint intact."""
+        path = self.file(CHECKPOINT)
+        tmp = path.with_suffix(".pt.tmp")
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RunError(f"{path}: could not write the checkpoint ({_first_line(e)}); "
+                           "the previous checkpoint is kept") from None
+
+    def load_checkpoint(self) -> dict:
+        """The checkpoint's state on the CPU, read with weights_only=True: tensors and plain data
+        only, so a crafted file cannot run code. Any problem is a one-line RunError."""
+        path = self.file(CHECKPOINT)
+        if not path.is_file():
+            raise RunError(f"{path}: no checkpoint to resume from")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - unpickling refused, truncated file, not a zip ...
+            raise RunError(f"{path}: not a readable selfsup checkpoint ({_first_line(e)})") from None
+        if not isinstance(state, dict) or not {"model", "epoch", "config_hash"} <= set(state):
+            raise RunError(f"{path}: not a selfsup checkpoint (expected model, epoch and config_hash)")
+        return state
+
+    def save_encoder(self, encoder: torch.nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+        tmp = self.file(ENCODER + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.file(ENCODER))
+
+    def load_model(self, device="cpu") -> tuple[Config, torch.nn.Module]:
+        """(config, model) of a finished run: the method built from config.json with the trained
+        encoder from encoder.safetensors and, when the checkpoint has it, the trained projector
+        (model.projector_trained says whether it was loaded)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not self.path.is_dir():
+            raise RunError(f"{self.path}: run folder not found")
+        cfg = self.config()
+        enc_path = self.file(ENCODER)
+        if not enc_path.is_file():
+            raise RunError(f"{enc_path}: missing; the run has not finished (training writes it at the end)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = build_method(cfg)
+        try:
+            model.encoder.load_state_dict(load_file(str(enc_path)))
+        except (RuntimeError, OSError, SafetensorError) as e:
+            raise RunError(f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json "
+                           f"({_first_line(e)})") from None
+        model.projector_trained = False
+        if self.has_checkpoint():
+            try:
+                state = self.load_checkpoint()["model"]
+                proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+                model.projector.load_state_dict(proj)
+                model.projector_trained = True
+            except (RunError, RuntimeError, KeyError):
+                pass  # an old or partial checkpoint: the protocol table gets backbone rows only
+        return cfg, model.to(device)
+
+    def random_init(self, cfg: Config) -> torch.nn.Module:
+        """The run's own starting network (the same seed): the floor every result is compared to."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return build_method(cfg)
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def eval(self) -> dict:
+        return read_json(self.file(EVAL))
+
+    def write_eval(self, result: dict) -> None:
+        write_json(self.file(EVAL), result, indent=None)  # compact: it holds per-image predictions
+
+    def eval_current(self, cfg_hash: str | None = None, data=None) -> bool:
+        """The one rule for "is eval.json current": it holds results, computed for the config with
+        hash `cfg_hash` (default: the run's, from run.json) and, when `data` is given, on that data
+        folder."""
+        ev = self.eval()
+        if not ev.get("summary"):
+            return False
+        try:
+            evaluated = from_dict(ev.get("config") or {}).hash()
+        except ConfigError:
+            return False
+        if evaluated != (cfg_hash if cfg_hash is not None else self.info().get("config_hash")):
+            return False
+        return data is None or Path(ev.get("data", "")).resolve() == Path(data).resolve()
+
+    def save_features(self, arrays: dict) -> None:
+        tmp = self.file("features.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.file(FEATURES))
+
+    def load_features(self) -> dict | None:
+        """features.npz as {name: array}, None when missing or unreadable."""
+        try:
+            with np.load(self.file(FEATURES), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError):
+            return None
+
+    def cached_tsne(self, key: str) -> dict | None:
+        try:
+            with np.load(self.file(TSNE), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files if k != "key"} if str(z["key"]) == key else None
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save_tsne(self, key: str, embeddings: dict) -> None:
+        tmp = self.file("tsne.tmp.npz")
+        np.savez(tmp, key=np.array(key), **embeddings)
+        os.replace(tmp, self.file(TSNE))
+
+    # --- records of notebooks and sweeps ----------------------------------------------------
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.file(SUMMARY), summary)
+
+    def error(self) -> str:
+        """The first line of error.txt ('' when there is none)."""
+        try:
+            lines = self.file(ERROR).read_text().splitlines()
+        except OSError:
+            return ""
+        return lines[0] if lines else ""
+
+    def has_error(self) -> bool:
+        return self.file(ERROR).exists()
+
+    def write_error(self, message: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file(ERROR).write_text(message + "\n")
+
+    def clear_error(self) -> None:
+        self.file(ERROR).unlink(missing_ok=True)
+
+    def headline(self) -> dict:
+        """status, epochs, train_loss, wall_clock_s, config_hash and eval.json's summary."""
+        info, metrics = self.info(), self.metrics()
+        return dict(status=info.get("status", "missing"), epochs=len(metrics),
+                    train_loss=metrics[-1]["train_loss"] if metrics else float("nan"),
+                    wall_clock_s=info.get("wall_clock_s", float("nan")), config_hash=info.get("config_hash", ""),
+                    **self.eval().get("summary", {}))
