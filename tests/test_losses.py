@@ -213,3 +213,20 @@ def test_fp32_loss_keeps_fp64_and_serves_new_losses():
         assert nt_xent(a.double(), b.double()).dtype == torch.float64
         assert (a.T @ b).dtype == torch.bfloat16  # autocast is back on outside the loss
     assert gram_trace.__name__ == "gram_trace"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_losses_fp32_under_autocast_without_sync():
+    # On the device: no host tensor copied in per call (NT-Xent's positives), fp32 under bf16 autocast.
+    z1, z2 = (t.cuda() for t in near_converged())
+    expected = {name: loss(z1, z2).item() for name, loss in LOSSES_UNDER_TEST.items()}  # also warms up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = {name: loss(z1, z2) for name, loss in LOSSES_UNDER_TEST.items()}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name, value in got.items():
+        assert value.dtype == torch.float32, name
+        assert value.item() == pytest.approx(expected[name], rel=RTOL), name
