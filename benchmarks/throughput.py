@@ -172,13 +172,16 @@ class MemorySampler:
             try:
                 info = p.memory_full_info() if self.kind == "pss" else p.memory_info()
                 total += getattr(info, self.kind)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except (psutil.Error, OSError):  # a worker that just exited, or no access
                 pass
         return total
 
     def __enter__(self):
         if psutil is not None:
-            self.kind = "pss" if hasattr(psutil.Process().memory_full_info(), "pss") else "rss"
+            try:  # PSS needs /proc/PID/smaps_rollup, which sandboxes (gVisor) may not offer
+                self.kind = "pss" if hasattr(psutil.Process().memory_full_info(), "pss") else "rss"
+            except (psutil.Error, OSError):
+                self.kind = "rss"
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
