@@ -6,19 +6,25 @@ Two pipelines, the same ops and probabilities (selfsup.augment.RECIPES), the sam
          runs TwoViews on it (per-image random parameters, batched tensor ops).
   usual  a torch Dataset over the uint8 numpy images applying a per-image
          torchvision.transforms.v2 pipeline twice (two views), in a DataLoader with
-         num_workers = all cores.
+         num_workers = all cores. Each worker makes whole batches, so an epoch must hold at
+         least 2 x workers batches (the DataLoader's default prefetch) for every worker to be
+         busy: checked, with an error naming the fix.
 
 Measured, each in steady state after --warmup-steps:
   aug    augmentation alone (images/s; each image yields two views)
   train  full steps: augmentation + forward + backward + optimizer step, with the library's
          method (selfsup.methods.build_method) and optimizer (selfsup.train.make_optimizer)
 
-One process, one run: prints a table and writes JSON (--out). Memory: peak proportional set
+One process, one run: writes JSON (--out) after every measurement, so a run stopped part-way
+keeps what it measured ("complete": false until the end), and prints a table. Memory: peak proportional set
 size (PSS, main process + DataLoader workers, so shared pages count once) sampled every
 100 ms per phase, the process's ru_maxrss, and on CUDA torch.cuda.max_memory_allocated.
 
   python benchmarks/throughput.py --backbone convnet --steps 20
   python benchmarks/throughput.py --data data/course/train.npz --backbone resnet18 --device cuda
+
+For steady state on the usual pipeline use --warmup-steps >= workers (each worker's first batch
+arrives at about the same time) and --steps a multiple of workers; benchmarks/gpu_check.sh does.
 """
 
 from __future__ import annotations
@@ -110,8 +116,23 @@ class TwoViewDataset(torch.utils.data.Dataset):
         return tuple(t(x) for t in self.transforms)
 
 
+def check_usual_epoch(n_images: int, batch: int, workers: int) -> None:
+    """The usual pipeline keeps every DataLoader worker busy only if an epoch holds at least
+    2 x workers batches (each worker prefetches 2 whole batches); with fewer, some workers idle
+    and the pipeline is measured slower than it is. Raises ValueError saying what to change."""
+    batches = n_images // batch  # drop_last
+    need = max(2 * workers, 1)
+    if batches < need:
+        raise ValueError(
+            f"the usual pipeline would leave DataLoader workers idle: {n_images} images make "
+            f"{batches} batches of {batch} per epoch, fewer than 2 x {workers} workers = {need}. "
+            f"Use at least {need * batch} images (--data, or --num-images for random ones), "
+            f"or --batch <= {n_images // need}, or --workers <= {batches // 2}")
+
+
 def usual_batches(images, views, size, batch, workers, device):
     """Endless (v1, v2) batches on `device` from a shuffling DataLoader."""
+    check_usual_epoch(len(images), batch, workers)
     loader = DataLoader(TwoViewDataset(images, views, size), batch_size=batch, shuffle=True, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
     while True:
@@ -151,13 +172,16 @@ class MemorySampler:
             try:
                 info = p.memory_full_info() if self.kind == "pss" else p.memory_info()
                 total += getattr(info, self.kind)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except (psutil.Error, OSError):  # a worker that just exited, or no access
                 pass
         return total
 
     def __enter__(self):
         if psutil is not None:
-            self.kind = "pss" if hasattr(psutil.Process().memory_full_info(), "pss") else "rss"
+            try:  # PSS needs /proc/PID/smaps_rollup, which sandboxes (gVisor) may not offer
+                self.kind = "pss" if hasattr(psutil.Process().memory_full_info(), "pss") else "rss"
+            except (psutil.Error, OSError):
+                self.kind = "rss"
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
@@ -229,13 +253,17 @@ def measure(step, steps, warmup, batch, device) -> dict:
 
 
 def summarise(runs: dict) -> dict:
-    """Per pipeline: the median repeat (by images/s) plus all repeats; the per-repeat ratios."""
+    """Per pipeline: the median repeat (by images/s) plus all repeats; the per-repeat ratios.
+
+    Works on a phase still in progress: a pipeline without repeats is left out, and the ratio
+    is None until both have one."""
     out = {}
     for name, rs in runs.items():
-        median = sorted(rs, key=lambda r: r["images_per_s"])[len(rs) // 2]
-        out[name] = dict(median, repeats=rs)
+        if rs:
+            median = sorted(rs, key=lambda r: r["images_per_s"])[len(rs) // 2]
+            out[name] = dict(median, repeats=rs)
     ratios = [o["images_per_s"] / u["images_per_s"] for o, u in zip(runs["ours"], runs["usual"])]
-    out["ratio"] = statistics.median(ratios)
+    out["ratio"] = statistics.median(ratios) if ratios else None
     out["ratios"] = ratios
     return out
 
@@ -350,6 +378,14 @@ def profile_ours(batches, steps=5):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def write_json(path: Path, record: dict) -> None:
+    """Write record to path atomically: a run killed mid-write leaves the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -357,11 +393,15 @@ def main(argv=None):
     images = load_images(args)
     if args.batch > len(images):
         raise SystemExit(f"--batch {args.batch} is larger than the data ({len(images)} images)")
+    workers = cores() if args.workers is None else args.workers
+    try:
+        check_usual_epoch(len(images), args.batch, workers)  # before anything slow
+    except ValueError as e:
+        raise SystemExit(f"throughput.py: {e}") from None
     cfg = Config(method=args.method, recipe=args.recipe or "", backbone=args.backbone, stem=args.stem,
                  batch_size=args.batch, image_size=args.image_size, precision=args.precision,
                  compile=args.compile, device=str(device))
     aug = augment.TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
-    workers = cores() if args.workers is None else args.workers
     resident = images_to_device(images, device)  # (N, 3, H, W) uint8; never float as a whole
     setup = dict(method=cfg.method, recipe=cfg.aug_recipe, backbone=cfg.backbone, stem=cfg.stem,
                  batch=args.batch, steps=args.steps, warmup=args.warmup_steps, repeats=args.repeats,
@@ -373,7 +413,14 @@ def main(argv=None):
         usual=lambda: usual_batches(images, aug.views, cfg.image_size, args.batch, workers, device),
     )
 
+    out = Path(args.out)
+    command = " ".join(["python"] + sys.argv)
     results = {}
+
+    def save(complete: bool) -> None:
+        write_json(out, dict(command=command, complete=complete, environment=environment(device), setup=setup,
+                             results=results))
+
     for phase in ["aug", "train"] if args.only == "all" else [args.only]:
         runs = {name: [] for name in pipelines}
         # Repeats alternate ours / usual, so slow drifts in what else runs on the machine
@@ -388,16 +435,13 @@ def main(argv=None):
                     step = train_step(cfg, batches, device, args.warmup_steps + args.steps)
                 runs[name].append(measure(step, args.steps, args.warmup_steps, args.batch, device))
                 batches.close()  # ends the DataLoader iterator and its workers
-        results[phase] = summarise(runs)
+                results[phase] = summarise(runs)
+                save(complete=False)  # what is measured so far survives a timeout
     if args.profile:
         profile_ours(ours_batches(resident, aug, args.batch, device))
 
-    env = environment(device)
-    print_table(results, env, setup)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python"] + sys.argv)
-    out.write_text(json.dumps(dict(command=command, environment=env, setup=setup, results=results), indent=2) + "\n")
+    save(complete=True)
+    print_table(results, environment(device), setup)
     print(f"wrote {out}")
 
 

@@ -281,7 +281,10 @@ def test_blur_matches_torchvision(shape, k):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
 
-def test_blur_and_solarize_touch_only_flagged_images():
+@pytest.mark.parametrize("subset", [True, False], ids=["cpu-subset", "accelerator-where"])
+def test_blur_and_solarize_touch_only_flagged_images(subset, monkeypatch):
+    if not subset:  # the path CUDA takes: every image computed, flagged ones kept by torch.where
+        monkeypatch.setattr(A, "SUBSET_DEVICES", frozenset())
     x = smooth_images(batch=6)
     flags = torch.tensor([True, False, True, False, False, True])
     sigma = torch.full((6,), 1.5)
@@ -362,3 +365,69 @@ def test_view_recipe_is_data():
     view = dataclasses.replace(A.RECIPES["simclr"][0], blur_p=0.0, gray_p=1.0)
     p = A.sample_params(100, view, (16, 16))
     assert not p["blur"].any() and p["gray"].all()
+
+
+# --- host synchronisation --------------------------------------------------------
+
+# Ops that wait for the device on CUDA (nonzero also backs boolean-mask indexing), and ops that
+# build constants, which must come from the per-device cache instead (torch.tensor on CUDA syncs).
+SYNC_OPS = {"aten::nonzero", "aten::item", "aten::_local_scalar_dense"}
+BUILD_OPS = {"aten::eye", "aten::one_hot", "aten::lift_fresh"}
+
+
+def ops_run_by(fn):
+    """Names of the aten ops (nested ones too) that fn() runs, from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.name for event in prof.events()}
+
+
+def test_ops_drawn_with_p_0_or_1_never_look_at_their_flags():
+    views = (A.ViewRecipe(blur_p=1.0, solarize_p=0.0), A.ViewRecipe(blur_p=0.0, solarize_p=1.0))
+    aug, x = A.TwoViews(views, size=32), images(batch=6)
+    aug(x)  # constants made and cached
+    ops = ops_run_by(lambda: aug(x, torch.Generator().manual_seed(0)))
+    assert ops & {"aten::bmm", "aten::grid_sampler_2d"}  # the profiler saw the pipeline
+    assert not ops & (SYNC_OPS | BUILD_OPS), ops & (SYNC_OPS | BUILD_OPS)
+    # Skipping (p = 0) and applying to all (p = 1) give what following the flags gives.
+    params = aug.sample(6, (32, 32), torch.Generator().manual_seed(0))
+    assert params["blur"][:6].all() and not params["blur"][6:].any()
+    assert params["solarize"][6:].all() and not params["solarize"][:6].any()
+    by_view = A.apply_params(torch.cat([x, x]), params, 32, aug.views)
+    by_flags = A.apply_params(torch.cat([x, x]), params, 32)
+    torch.testing.assert_close(by_view, by_flags, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat(aug(x, torch.Generator().manual_seed(0))), by_view, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("recipe", sorted(A.RECIPES))
+def test_accelerator_path_has_no_host_sync(recipe, monkeypatch):
+    # The CUDA path, run on the CPU: no nonzero / item / boolean indexing, no constant rebuilt;
+    # and the same views as the CPU's subset path from the same generator.
+    aug, x = A.TwoViews(recipe, size=32), images(batch=8)
+    subset = aug(x, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(A, "SUBSET_DEVICES", frozenset())
+    aug(x)
+    ops = ops_run_by(lambda: aug(x, torch.Generator().manual_seed(3)))
+    assert ops & {"aten::bmm", "aten::where"}
+    assert not ops & (SYNC_OPS | BUILD_OPS), ops & (SYNC_OPS | BUILD_OPS)
+    where = aug(x, torch.Generator().manual_seed(3))
+    for a, b in zip(subset, where):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("recipe", sorted(A.RECIPES))
+def test_cuda_two_views_never_sync(recipe):
+    aug, x = A.TwoViews(recipe, size=64), images(batch=64, size=64).cuda()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    aug(x, g)  # first call: constants copied to the device once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        v1, v2 = aug(x, g)
+        aug(x)  # the global RNG too
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert v1.is_cuda and torch.isfinite(v1).all() and torch.isfinite(v2).all()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.losses import barlow_twins_loss, byol_loss, nt_xent
+from selfsup.losses import barlow_twins_loss, byol_loss, fp32_loss, nt_xent
 
 RTOL = 1e-5
 
@@ -161,3 +161,72 @@ def test_losses_return_scalars_with_gradients():
         assert loss.ndim == 0
         (g,) = torch.autograd.grad(loss, z1)
         assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+# --- fp32 whatever the autocast --------------------------------------------------------------
+
+
+def near_converged(b=256, d=128, noise=0.05, seed=20):
+    """Realistic projector outputs late in training: the two views' embeddings nearly agree."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(b, d, generator=g)
+    return z1, z1 + noise * torch.randn(b, d, generator=g)
+
+
+LOSSES_UNDER_TEST = {
+    "nt_xent_tau0.1": lambda a, b: nt_xent(a, b, 0.1),
+    "nt_xent_tau0.5": lambda a, b: nt_xent(a, b, 0.5),
+    "byol": byol_loss,
+    "barlow_twins": barlow_twins_loss,
+}
+
+
+@pytest.mark.parametrize("inputs", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", sorted(LOSSES_UNDER_TEST))
+def test_losses_are_fp32_under_bf16_autocast(name, inputs):
+    # Under autocast the matmuls inside a loss would run in bf16 (NT-Xent at tau 0.1 was off by
+    # 1%, Barlow Twins by 0.09% and returned bf16; BYOL's cosine was already fp32); each loss must
+    # equal its fp32 value instead.
+    # bf16 inputs are what an autocast forward hands the loss; their fp32 reference is the same values.
+    loss = LOSSES_UNDER_TEST[name]
+    z1, z2 = near_converged()
+    if inputs == "bf16":
+        z1, z2 = z1.bfloat16(), z2.bfloat16()
+    expected = loss(z1.float(), z2.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss(z1, z2)
+    assert got.dtype == torch.float32 and got.ndim == 0
+    assert got.item() == pytest.approx(expected.item(), rel=RTOL)
+
+
+def test_fp32_loss_keeps_fp64_and_serves_new_losses():
+    # A new loss (VICReg's, say) only applies the decorator: its matmul is fp32 under autocast,
+    # and fp64 inputs stay fp64 (the reference tests above run in fp64).
+    @fp32_loss
+    def gram_trace(a, b, scale=1.0):
+        return (a.T @ b).trace() * scale
+
+    a, b = near_converged(b=64, d=32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gram_trace(a.bfloat16(), b.bfloat16(), scale=2.0).dtype == torch.float32
+        assert gram_trace(a.double(), b.double()).dtype == torch.float64
+        assert nt_xent(a.double(), b.double()).dtype == torch.float64
+        assert (a.T @ b).dtype == torch.bfloat16  # autocast is back on outside the loss
+    assert gram_trace.__name__ == "gram_trace"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_losses_fp32_under_autocast_without_sync():
+    # On the device: no host tensor copied in per call (NT-Xent's positives), fp32 under bf16 autocast.
+    z1, z2 = (t.cuda() for t in near_converged())
+    expected = {name: loss(z1, z2).item() for name, loss in LOSSES_UNDER_TEST.items()}  # also warms up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = {name: loss(z1, z2) for name, loss in LOSSES_UNDER_TEST.items()}
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for name, value in got.items():
+        assert value.dtype == torch.float32, name
+        assert value.item() == pytest.approx(expected[name], rel=RTOL), name
