@@ -21,17 +21,17 @@ import sys
 
 
 def _data(args):
-    from . import data, demo_data
+    from . import data, demo_data, imagefolder
 
     if args.data_cmd == "demo":
         ds = demo_data.make_demo(args.out, seed=args.seed)
         print(f"wrote {args.out}: {data.describe(ds)}")
     elif args.data_cmd == "convert":
-        avail = data.list_classes(args.src)
-        id_classes = data.pick_classes(avail, args.id_classes, seed=args.seed)
-        ood_classes = data.pick_classes(avail, args.ood_classes, exclude=id_classes, seed=args.seed + 1)
-        data.convert(args.src, args.dest, id_classes=id_classes, ood_classes=ood_classes,
-                     overwrite=args.overwrite, size=args.size)
+        avail = imagefolder.list_classes(args.src)
+        id_classes = imagefolder.pick_classes(avail, args.id_classes, seed=args.seed)
+        ood_classes = imagefolder.pick_classes(avail, args.ood_classes, exclude=id_classes, seed=args.seed + 1)
+        imagefolder.convert(args.src, args.dest, id_classes=id_classes, ood_classes=ood_classes,
+                            overwrite=args.overwrite, size=args.size)
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "info":
         print(data.describe(data.load_dataset(args.dir)))

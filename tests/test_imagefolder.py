@@ -1,0 +1,164 @@
+"""selfsup.imagefolder: ImageFolder and Tiny-ImageNet trees -> course format, class picking."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup import data, imagefolder
+from selfsup.data import DataError
+
+
+COLOURS = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (240, 240, 30)]  # one flat colour per class
+
+
+def save_image(path, colour, size=(64, 64)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+@pytest.fixture
+def tiny_tree(tmp_path):
+    """Tiny-ImageNet-200 layout: 4 classes, 3 train and 2 val JPEGs each."""
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02", "n03", "n04"]
+    root.mkdir()
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\n"
+                                    "n03\tice cream, icecream\nn04\tkimono\n")
+    annotations = []
+    for c, wnid in enumerate(wnids):
+        for i in range(3):
+            save_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLOURS[c])
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        for i in range(2):
+            name = f"val_{2 * c + i}.JPEG"
+            save_image(root / "val" / "images" / name, COLOURS[c])
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    return root
+
+
+def assert_colours(split, colours):
+    """Each image's mean colour is its class's colour: labels point at the right images."""
+    means = split.images.reshape(len(split), -1, 3).mean(1)
+    np.testing.assert_allclose(means, np.array(colours, float)[split.labels], atol=12)
+
+
+def test_convert_tinyimagenet(tiny_tree, tmp_path):
+    dest = tmp_path / "out"
+    available = imagefolder.list_classes(tiny_tree)
+    assert available == ["n01", "n02", "n03", "n04"]
+    summary = imagefolder.convert(tiny_tree, dest, id_classes=["n03", "n01"], ood_classes=["n04"])
+    assert summary["layout"] == "tinyimagenet" and (summary["train"], summary["val"], summary["ood"]) == (6, 4, 2)
+    ds = data.load_dataset(dest)
+    assert ds.train.class_names == ["ice cream", "goldfish"]  # order of id_classes, first name in words.txt
+    assert ds.ood.class_names == ["kimono"]
+    assert np.bincount(ds.train.labels).tolist() == [3, 3] and np.bincount(ds.val.labels).tolist() == [2, 2]
+    assert ds.train.images.shape == (6, 64, 64, 3)
+    assert_colours(ds.train, [COLOURS[2], COLOURS[0]])
+    assert_colours(ds.val, [COLOURS[2], COLOURS[0]])
+    assert_colours(ds.ood, [COLOURS[3]])
+
+
+def test_load_tinyimagenet_resizes(tiny_tree):
+    split = imagefolder.load_tinyimagenet(tiny_tree, "val", ["n02"], size=32)
+    assert split.images.shape == (2, 32, 32, 3) and split.class_names == ["bison"]
+
+
+@pytest.mark.parametrize("case", ["unknown", "overlap", "exists", "layout", "no_id"])
+def test_convert_errors_write_nothing(tiny_tree, tmp_path, case):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    kwargs = dict(id_classes=["n01", "n02"], ood_classes=["n03"])
+    src, fragment = tiny_tree, None
+    if case == "unknown":
+        kwargs["ood_classes"], fragment = ["n99"], "n99"
+    elif case == "overlap":
+        kwargs["ood_classes"], fragment = ["n02", "n03"], "n02"
+    elif case == "exists":
+        (dest / "val.npz").write_bytes(b"keep me")
+        fragment = "val.npz"
+    elif case == "layout":
+        src = tmp_path / "empty"
+        src.mkdir()
+        fragment = "not recognised"
+    else:
+        kwargs["id_classes"], fragment = [], "ID"
+    before = sorted(p.name for p in dest.iterdir())
+    with pytest.raises(DataError, match=fragment) as err:
+        imagefolder.convert(src, dest, **kwargs)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in dest.iterdir()) == before
+    if case == "exists":
+        assert (dest / "val.npz").read_bytes() == b"keep me"
+        imagefolder.convert(src, dest, overwrite=True, **kwargs)  # and overwrite replaces it
+        assert len(data.load_dataset(dest).val) == 4
+
+
+def test_convert_imagefolder_with_train_val(tmp_path):
+    src = tmp_path / "tree"
+    for c, name in enumerate(["cat", "dog", "eel"]):
+        for i in range(3):
+            save_image(src / "train" / name / f"{i}.png", COLOURS[c], size=(48, 32))  # non-square: crop + resize
+        save_image(src / "val" / name / "v.jpg", COLOURS[c])
+    assert imagefolder.list_classes(src) == ["cat", "dog", "eel"]
+    summary = imagefolder.convert(src, tmp_path / "out", id_classes=["cat", "eel"], ood_classes=["dog"])
+    assert summary["layout"] == "imagefolder-trainval"
+    ds = data.load_dataset(tmp_path / "out")
+    assert ds.train.class_names == ["cat", "eel"] and ds.ood.class_names == ["dog"]
+    assert (len(ds.train), len(ds.val), len(ds.ood)) == (6, 2, 1)
+    assert_colours(ds.train, [COLOURS[0], COLOURS[2]])
+    assert_colours(ds.ood, [COLOURS[1]])
+
+
+def test_convert_plain_imagefolder_splits_90_10(tmp_path):
+    src = tmp_path / "tree"
+    for c, name in enumerate(["a", "b", "c"]):
+        for i in range(10 if name != "b" else 3):
+            save_image(src / name / f"{i:02d}.jpeg", COLOURS[c], size=(16, 16))
+    summary = imagefolder.convert(src, tmp_path / "out", id_classes=["a", "b"], ood_classes=["c"], size=16)
+    assert summary["layout"] == "imagefolder"
+    ds = data.load_dataset(tmp_path / "out")
+    assert np.bincount(ds.train.labels).tolist() == [9, 2] and np.bincount(ds.val.labels).tolist() == [1, 1]
+    assert len(ds.ood) == 10  # no held-out part exists, so OOD takes all of its classes
+    assert_colours(ds.val, [COLOURS[0], COLOURS[1]])
+    split = imagefolder.load_imagefolder(src, size=16)
+    assert split.class_names == ["a", "b", "c"] and len(split) == 23
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "tree" / "a" / "broken.jpg"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="broken.jpg"):
+        imagefolder.load_imagefolder(tmp_path / "tree")
+
+
+# ----------------------------------------------------------------------------- pick_classes
+
+
+AVAILABLE = [f"n{i:02d}" for i in range(20)]
+
+
+def test_pick_classes_forms(tmp_path):
+    assert imagefolder.pick_classes(AVAILABLE, "n03, n01") == ["n03", "n01"]
+    (tmp_path / "ids.txt").write_text("# my classes\nn05\n\nn07  # bison\n")
+    assert imagefolder.pick_classes(AVAILABLE, f"@{tmp_path / 'ids.txt'}") == ["n05", "n07"]
+    ids = imagefolder.pick_classes(AVAILABLE, "5")
+    assert len(ids) == 5 and ids == sorted(ids) and ids == imagefolder.pick_classes(AVAILABLE, "5")
+    ood = imagefolder.pick_classes(AVAILABLE, "15", exclude=ids)
+    assert not set(ood) & set(ids) and len(ood) == 15
+    assert imagefolder.pick_classes(AVAILABLE, "5", seed=1) != ids
+
+
+@pytest.mark.parametrize("spec,exclude,fragment", [
+    ("n01,n99", (), "n99"),
+    ("n01,n01", (), "twice"),
+    ("n01,n02", ("n02",), "both ID and OOD"),
+    ("21", (), "only 20"),
+    ("19", ("n00", "n01"), "only 18"),
+    ("@/no/such/file.txt", (), "file.txt"),
+])
+def test_pick_classes_errors(spec, exclude, fragment):
+    with pytest.raises(DataError, match=fragment):
+        imagefolder.pick_classes(AVAILABLE, spec, exclude=exclude)
