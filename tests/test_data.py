@@ -84,6 +84,7 @@ def _bad_file(tmp_path, case):
         "label_too_big": (dict(labels=np.array([0, 1, 3, 0, 1, 2])), "'class_names' has 3"),
         "names_2d": (dict(class_names=np.array([["a", "b", "c"]])), "'class_names'"),
         "names_not_str": (dict(class_names=np.arange(3)), "'class_names'"),
+        "names_twice": (dict(class_names=np.array(["cat", "dog", "cat"])), "'class_names' has 'cat' twice"),
     }
     change, fragment = edits[case]
     arrays = {k: v for k, v in {**g, **change}.items() if v is not None}
@@ -92,7 +93,7 @@ def _bad_file(tmp_path, case):
 
 BAD_FILES = ["missing", "garbage", "npy", "object", "no_images", "no_labels", "float_images", "rank3_images",
              "rgba_images", "float_labels", "rank2_labels", "n_mismatch", "empty", "negative_label",
-             "label_too_big", "names_2d", "names_not_str"]
+             "label_too_big", "names_2d", "names_not_str", "names_twice"]
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
@@ -105,7 +106,7 @@ def test_load_npz_rejects_bad_file(tmp_path, case):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("case", ["float_images", "n_mismatch", "label_too_big"])
+@pytest.mark.parametrize("case", ["float_images", "n_mismatch", "label_too_big", "names_twice"])
 def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
     g = good_arrays()
     split = Split(g["images"], g["labels"], list(g["class_names"]))
@@ -113,6 +114,8 @@ def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
         split.images = split.images.astype(np.float32)
     elif case == "n_mismatch":
         split.labels = split.labels[:5]
+    elif case == "names_twice":
+        split.class_names = ["a", "b", "a"]
     else:
         split.class_names = ["a", "b"]
     with pytest.raises(DataError, match="out.npz"):

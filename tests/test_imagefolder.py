@@ -60,6 +60,12 @@ def test_convert_tinyimagenet(tiny_tree, tmp_path):
     assert_colours(ds.ood, [COLOURS[3]])
 
 
+def test_tinyimagenet_names_shared_by_two_classes_get_their_wnid(tiny_tree, tmp_path):
+    (tiny_tree / "words.txt").write_text("n01\tcrane\nn02\tbison\nn03\tcrane, derrick\nn04\tkimono\n")
+    imagefolder.convert(tiny_tree, tmp_path / "out", id_classes=["n01", "n02", "n03"], ood_classes=[])
+    assert data.load_dataset(tmp_path / "out").train.class_names == ["crane (n01)", "bison", "crane (n03)"]
+
+
 def test_load_tinyimagenet_resizes(tiny_tree):
     split = imagefolder.load_tinyimagenet(tiny_tree, "val", ["n02"], size=32)
     assert split.images.shape == (2, 32, 32, 3) and split.class_names == ["bison"]

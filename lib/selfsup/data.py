@@ -7,7 +7,7 @@ Course format, one ``.npz`` per split:
 
     images       (N, H, W, 3) uint8
     labels       (N,)         integer, in [0, K)
-    class_names  (K,)         str, optional
+    class_names  (K,)         str, optional; K distinct names
 
 A dataset is a folder holding ``train.npz`` and ``val.npz`` (same classes) and
 optionally ``ood.npz`` (its own, disjoint classes). Files are always read with
@@ -94,6 +94,12 @@ def _check_arrays(images, labels, class_names, where: str) -> None:
     if labels.max() >= len(class_names):
         raise DataError(f"{where}: 'labels' reach {labels.max()} but 'class_names' has {len(class_names)} names; "
                         f"expected labels in [0, {len(class_names)})")
+    first: dict = {}
+    for i, name in enumerate(class_names.tolist()):
+        if name in first:
+            raise DataError(f"{where}: 'class_names' has {name!r} twice (at {first[name]} and {i}); "
+                            "expected K distinct names")
+        first[name] = i
 
 
 def _names(class_names: np.ndarray) -> list[str]:

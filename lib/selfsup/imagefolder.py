@@ -72,13 +72,15 @@ def _tiny_wnids(root: Path) -> list[str]:
 
 
 def _tiny_names(root: Path, wnids: list[str]) -> list[str]:
-    """Human names from words.txt ("wnid<TAB>goldfish, Carassius auratus" -> "goldfish"); wnid if absent."""
+    """Human names from words.txt ("wnid<TAB>goldfish, Carassius auratus" -> "goldfish"); wnid if absent.
+    A first name shared by two classes (ImageNet has two "crane"s) gets its wnid: "crane (n02012849)"."""
     words = {}
     if (root / "words.txt").is_file():
         for line in (root / "words.txt").read_text(encoding="utf-8").splitlines():
             wnid, _, text = line.partition("\t")
             words[wnid.strip()] = text.split(",")[0].strip()
-    return [words.get(w) or w for w in wnids]
+    names = [words.get(w) or w for w in wnids]
+    return [f"{n} ({w})" if names.count(n) > 1 else n for n, w in zip(names, wnids)]
 
 
 def _tiny_val_files(root: Path) -> dict[str, list[str]]:
