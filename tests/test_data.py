@@ -1,5 +1,9 @@
 """selfsup.data: course NPZ round-trips and validation, OOD split, demo data."""
 
+import os
+import stat
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -121,6 +125,76 @@ def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
     with pytest.raises(DataError, match="out.npz"):
         data.save_npz(split, tmp_path / "out.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        data.save_npz(make_split(), tmp_path / "train.npz")
+        data.save_dataset({"train": make_split(), "val": make_split()}, tmp_path / "ds")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "train.npz", tmp_path / "ds" / "train.npz", tmp_path / "ds" / "val.npz"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_compressed_files_are_smaller_and_load_the_same(tmp_path):
+    split = make_split(n=40, size=16)
+    split.images[:] = split.images[:, :1, :1]  # flat images: compressible, as photos' npz are in part
+    data.save_npz(split, tmp_path / "plain.npz")
+    data.save_npz(split, tmp_path / "small.npz", compress=True)
+    with zipfile.ZipFile(tmp_path / "small.npz") as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert (tmp_path / "small.npz").stat().st_size < (tmp_path / "plain.npz").stat().st_size / 5
+    a, b = data.load_npz(tmp_path / "plain.npz"), data.load_npz(tmp_path / "small.npz")
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.class_names == b.class_names
+
+
+def test_save_dataset_writes_all_or_nothing(tmp_path, monkeypatch):
+    good, bad = make_split(), make_split()
+    bad.class_names = ["a", "b"]  # labels reach 2
+    dest = tmp_path / "new" / "ds"
+    with pytest.raises(DataError, match="val.npz"):  # a bad split: checked before anything is written
+        data.save_dataset({"train": good, "val": bad}, dest)
+    assert list(tmp_path.iterdir()) == []
+
+    real, calls = data._write_split, []
+
+    def disk_full_on_second(split, path, compress):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        real(split, path, compress)
+
+    monkeypatch.setattr(data, "_write_split", disk_full_on_second)
+    with pytest.raises(DataError, match="No space left") as err:
+        data.save_dataset({"train": good, "val": good, "ood": good}, dest)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no temporaries, and the folders it made are gone again
+
+    existing = tmp_path / "old"
+    existing.mkdir()
+    (existing / "train.npz").write_bytes(b"keep")
+    calls.clear()
+    with pytest.raises(DataError):
+        data.save_dataset({"train": good, "val": good}, existing, overwrite=True)
+    assert [p.name for p in existing.iterdir()] == ["train.npz"] and (existing / "train.npz").read_bytes() == b"keep"
+
+
+def test_save_dataset_refuses_a_file_and_existing_splits_and_drops_a_stale_ood(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        data.save_dataset({"train": make_split(), "val": make_split()}, tmp_path / "file")
+    ds = tmp_path / "ds"
+    data.save_dataset({"train": make_split(), "val": make_split(), "ood": make_split()}, ds)
+    with pytest.raises(DataError, match="already exists"):
+        data.save_dataset({"train": make_split(), "val": make_split()}, ds)
+    data.save_dataset({"train": make_split(), "val": make_split(), "ood": None}, ds, overwrite=True)
+    assert sorted(p.name for p in ds.iterdir()) == ["train.npz", "val.npz"]
+    assert data.load_dataset(ds).ood is None
 
 
 # ----------------------------------------------------------------------------- load_dataset

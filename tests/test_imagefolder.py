@@ -1,5 +1,7 @@
 """selfsup.imagefolder: ImageFolder and Tiny-ImageNet trees -> course format, class picking."""
 
+import zipfile
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -108,8 +110,11 @@ def test_convert_imagefolder_with_train_val(tmp_path):
             save_image(src / "train" / name / f"{i}.png", COLOURS[c], size=(48, 32))  # non-square: crop + resize
         save_image(src / "val" / name / "v.jpg", COLOURS[c])
     assert imagefolder.list_classes(src) == ["cat", "dog", "eel"]
-    summary = imagefolder.convert(src, tmp_path / "out", id_classes=["cat", "eel"], ood_classes=["dog"])
+    summary = imagefolder.convert(src, tmp_path / "out", id_classes=["cat", "eel"], ood_classes=["dog"], compress=True)
     assert summary["layout"] == "imagefolder-trainval"
+    for name in ("train", "val", "ood"):
+        with zipfile.ZipFile(tmp_path / "out" / f"{name}.npz") as z:
+            assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
     ds = data.load_dataset(tmp_path / "out")
     assert ds.train.class_names == ["cat", "eel"] and ds.ood.class_names == ["dog"]
     assert (len(ds.train), len(ds.val), len(ds.ood)) == (6, 2, 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,21 +152,81 @@ def load_npz(path) -> Split:
     return _load(path)[0]
 
 
-def save_npz(split: Split, path) -> None:
-    """Write ``split`` in course format, atomically: a temporary file in the same
-    folder is renamed over ``path``, so readers never see half a file."""
-    path = Path(path)
+def _temp_beside(path: Path) -> Path:
+    """Create an empty ``.<name>.<random>.tmp`` next to ``path`` with the mode the user's
+    umask gives (os.open applies it; mkstemp would make it 0600 for good)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _write_split(split: Split, path: Path, compress: bool) -> None:
     names = np.asarray(split.class_names, dtype=str)
-    _check_arrays(np.asarray(split.images), np.asarray(split.labels), names, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    save = np.savez_compressed if compress else np.savez
+    with open(path, "wb") as f:
+        save(f, images=split.images, labels=np.asarray(split.labels, dtype=np.int64), class_names=names)
+
+
+def save_npz(split: Split, path, compress: bool = False) -> None:
+    """Write ``split`` in course format, atomically: a temporary file in the same
+    folder is renamed over ``path``, so readers never see half a file. The file
+    gets the mode the umask gives (0644 under umask 022). ``compress`` uses
+    np.savez_compressed: smaller to move around, read back the same way."""
+    path = Path(path)
+    _save_all({path: split}, path.parent, overwrite=True, compress=compress)
+
+
+def save_dataset(splits: dict, folder, overwrite: bool = False, compress: bool = False) -> list[Path]:
+    """Write ``splits`` ({"train": Split, "val": Split, "ood": Split or None}) as
+    ``folder``/<name>.npz, all or nothing: every split is checked, then written to
+    a temporary file, and only when all are written are they renamed into place.
+    On any error the temporaries, and the folders this call created, are removed.
+    A None split removes a stale <name>.npz (it would not match the others).
+    Existing files are only replaced with ``overwrite``. Returns the paths written."""
+    folder = Path(folder)
+    return _save_all({folder / f"{name}.npz": split for name, split in splits.items()}, folder, overwrite, compress)
+
+
+def _save_all(targets: dict, folder: Path, overwrite: bool, compress: bool) -> list[Path]:
+    for path, split in targets.items():
+        if split is not None:
+            _check_arrays(np.asarray(split.images), np.asarray(split.labels),
+                          np.asarray(split.class_names, dtype=str), str(path))
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file; expected a folder (or a new path) to write "
+                        f"{', '.join(p.name for p in targets)} into")
+    existing = [p for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
+    temps: dict = {}
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=split.images, labels=np.asarray(split.labels, dtype=np.int64), class_names=names)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, split in targets.items():
+            if split is not None:
+                temps[path] = _temp_beside(path)
+                _write_split(split, temps[path], compress)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+        for path, split in targets.items():
+            if split is None:
+                path.unlink(missing_ok=True)
+    except BaseException as err:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        for p in created:  # only the folders this call made, and only while empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        if isinstance(err, OSError):
+            raise DataError(f"{err.filename or folder}: cannot write ({err.strerror or _one_line(err)})") from None
         raise
+    return list(temps)
 
 
 def load_dataset(folder) -> Dataset:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SPLITS, DataError, Split, _one_line, save_npz
+from .data import SPLITS, DataError, Split, _one_line, save_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # matched case-insensitively (Tiny ImageNet uses .JPEG)
 
@@ -187,14 +187,17 @@ def pick_classes(available: list[str], spec: str, exclude=(), seed: int = 0) -> 
     return ids
 
 
-def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: int = 64) -> dict:
+def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: int = 64,
+            compress: bool = False) -> dict:
     """Write ``dest``/{train,val,ood}.npz in course format from a source tree.
 
     Tiny ImageNet: ID train <- train/, ID val <- val/, OOD <- val/ of the OOD
     classes (50 per class, like the course's ood.npz). ImageFolder with train/
     and val/: the same with those folders. Plain ImageFolder: each ID class is
     split 90/10 by sorted file name; OOD takes all images of its classes.
-    Everything is read and checked before anything is written. Returns a summary.
+    Everything is read and checked before anything is written, and the three
+    files are written all or nothing (selfsup.data.save_dataset); ``compress``
+    writes them with np.savez_compressed. Returns a summary.
     """
     src, dest = Path(src), Path(dest)
     layout = _layout(src)
@@ -227,11 +230,7 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
         if ood_classes:
             ood = _load_classes(src, ood_classes, size)
 
-    for name, split in (("train", train), ("val", val), ("ood", ood)):
-        if split is not None:
-            save_npz(split, targets[name])
-    if ood is None:
-        targets["ood"].unlink(missing_ok=True)  # a stale ood.npz would not match the new classes
+    save_dataset({"train": train, "val": val, "ood": ood}, dest, overwrite=overwrite, compress=compress)
     return {
         "layout": layout, "dest": str(dest), "image_size": size,
         "train": len(train), "val": len(val), "ood": len(ood) if ood is not None else 0,
