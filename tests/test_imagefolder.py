@@ -145,6 +145,116 @@ def test_unreadable_image_names_the_file(tmp_path):
         imagefolder.load_imagefolder(tmp_path / "tree")
 
 
+# ----------------------------------------------------------------------------- layouts
+
+
+def make_tree(root, parts, size=(16, 16)):
+    """parts: {folder: {class: n}}, folder "" for a plain tree; class k gets COLOURS[k] by sorted name."""
+    colour = {c: COLOURS[i] for i, c in enumerate(sorted({c for classes in parts.values() for c in classes}))}
+    for folder, classes in parts.items():
+        for cls, n in classes.items():
+            for i in range(n):
+                save_image(root / folder / cls / f"{i:02d}.png", colour[cls], size=size)
+    return root
+
+
+def zip_tree(folder, path, extra=()):
+    """Zip ``folder`` (its own name as the top folder, like most archives) plus ``extra`` (name, bytes)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for p in sorted(folder.rglob("*")):
+            z.write(p, p.relative_to(folder.parent).as_posix())
+        for name, payload in extra:
+            z.writestr(name, payload)
+    return path
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
+def test_train_with_any_held_out_folder(tmp_path, held_out):
+    src = make_tree(tmp_path / "tree", {"train": {"cat": 4, "dog": 4, "eel": 4}, held_out: {"cat": 2, "dog": 2, "eel": 3}})
+    assert imagefolder.list_classes(src) == ["cat", "dog", "eel"]  # not ["test", "train"]
+    summary = imagefolder.convert(src, tmp_path / "out", id_classes="cat,dog", ood_classes="eel")
+    assert summary["layout"] == "imagefolder-trainval" and summary["held_out"] == held_out
+    assert f"held-out split from {held_out}/" in summary["description"]
+    ds = data.load_dataset(tmp_path / "out")
+    assert (len(ds.train), len(ds.val), len(ds.ood)) == (8, 4, 3)  # val and OOD from the held-out folder
+    assert_colours(ds.val, [COLOURS[0], COLOURS[1]])
+    assert_colours(ds.ood, [COLOURS[2]])
+
+
+def test_held_out_folders_are_tried_in_order_and_unlabelled_ones_skipped(tmp_path):
+    src = make_tree(tmp_path / "a", {"train": {"cat": 3, "dog": 3}, "valid": {"cat": 1, "dog": 1},
+                                     "test": {"cat": 2, "dog": 2}})
+    assert imagefolder.convert(src, tmp_path / "o1", "cat", "dog")["held_out"] == "valid"
+    src = make_tree(tmp_path / "b", {"train": {"cat": 10, "dog": 10}})
+    save_image(src / "test" / "unlabelled.png", COLOURS[0])  # Kaggle style: test/ without classes
+    save_image(src / "val" / "images" / "x.png", COLOURS[0])  # a folder, but not one of train's classes
+    summary = imagefolder.convert(src, tmp_path / "o2", "cat", "dog")
+    assert summary["layout"] == "imagefolder" and summary["held_out"] is None
+    assert "train/" in summary["description"] and "90/10" in summary["description"]
+    ds = data.load_dataset(tmp_path / "o2")
+    assert (len(ds.train), len(ds.val), len(ds.ood)) == (9, 1, 10)
+
+
+def test_wrapping_folders_are_looked_into(tmp_path):
+    src = make_tree(tmp_path / "dl" / "outer" / "cifar10", {"train": {"cat": 3, "dog": 3}, "test": {"cat": 1, "dog": 1}})
+    (tmp_path / "dl" / "README.txt").write_text("downloaded from somewhere")
+    summary = imagefolder.convert(tmp_path / "dl", tmp_path / "out", "cat", "dog")
+    assert summary["held_out"] == "test" and "outer/cifar10" in summary["description"]
+    single_class = make_tree(tmp_path / "one", {"": {"cat": 3}})  # one class folder of images: not a wrapper
+    assert imagefolder.list_classes(single_class) == ["cat"]
+
+
+def test_zip_source_gives_the_same_arrays_as_the_folder(tmp_path):
+    src = make_tree(tmp_path / "cifar10", {"train": {"cat": 3, "dog": 3, "eel": 3}, "test": {"cat": 1, "dog": 1, "eel": 2}})
+    archive = zip_tree(src, tmp_path / "cifar10.zip", extra=[("__MACOSX/cifar10/._x.png", b"junk"),
+                                                               ("cifar10/train/cat/.DS_Store", b"junk")])
+    imagefolder.convert(src, tmp_path / "from_dir", "cat,eel", "dog")
+    summary = imagefolder.convert(archive, tmp_path / "from_zip", "cat,eel", "dog")
+    assert summary["description"].startswith(f"{archive}/cifar10:")
+    a, b = data.load_dataset(tmp_path / "from_dir"), data.load_dataset(tmp_path / "from_zip")
+    for name in ("train", "val", "ood"):
+        np.testing.assert_array_equal(getattr(a, name).images, getattr(b, name).images)
+        np.testing.assert_array_equal(getattr(a, name).labels, getattr(b, name).labels)
+        assert getattr(a, name).class_names == getattr(b, name).class_names
+
+
+def test_tinyimagenet_zip_and_val_sorted_into_class_folders(tiny_tree, tmp_path):
+    archive = zip_tree(tiny_tree, tmp_path / "tiny-imagenet-200.zip")
+    summary = imagefolder.convert(archive, tmp_path / "z", ["n03", "n01"], ["n04"])
+    assert summary["layout"] == "tinyimagenet" and (summary["train"], summary["val"], summary["ood"]) == (6, 4, 2)
+    assert data.load_dataset(tmp_path / "z").train.class_names == ["ice cream", "goldfish"]
+    # Some scripts move val/images/* into val/<wnid>/images/ and delete the annotations: read those folders.
+    for line in (tiny_tree / "val" / "val_annotations.txt").read_text().splitlines():
+        name, wnid = line.split("\t")[:2]
+        (tiny_tree / "val" / wnid / "images").mkdir(parents=True, exist_ok=True)
+        (tiny_tree / "val" / "images" / name).rename(tiny_tree / "val" / wnid / "images" / name)
+    (tiny_tree / "val" / "val_annotations.txt").unlink()
+    imagefolder.convert(tiny_tree, tmp_path / "sorted", ["n03", "n01"], ["n04"])
+    a, b = data.load_dataset(tmp_path / "z"), data.load_dataset(tmp_path / "sorted")
+    for name in ("train", "val", "ood"):
+        np.testing.assert_array_equal(getattr(a, name).images, getattr(b, name).images)
+
+
+def test_not_a_tree(tmp_path):
+    (tmp_path / "notes.zip").write_bytes(b"PK but not really a zip")
+    for src, fragment in ((tmp_path / "nope", "not found"), (tmp_path / "notes.zip", "not a readable .zip")):
+        with pytest.raises(DataError, match=fragment) as err:
+            imagefolder.convert(src, tmp_path / "out", "1", "0")
+        assert str(src) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_on_stderr(tmp_path, monkeypatch, capsys):
+    src = make_tree(tmp_path / "tree", {"train": {"cat": 3, "dog": 3}, "valid": {"cat": 1, "dog": 1}})
+    monkeypatch.setattr(imagefolder, "_PROGRESS_DELAY_S", 0)  # the bar shows for reads over a second
+    imagefolder.convert(src, tmp_path / "quiet", "cat", "dog")
+    assert capsys.readouterr().err == ""
+    imagefolder.convert(src, tmp_path / "out", "cat", "dog", progress=True)
+    captured = capsys.readouterr()
+    assert "train from train/" in captured.err and "val from valid/" in captured.err and "3/3" in captured.err
+    assert captured.out == ""
+
+
 # ----------------------------------------------------------------------------- pick_classes
 
 

@@ -27,11 +27,10 @@ def _data(args):
         ds = demo_data.make_demo(args.out, seed=args.seed)
         print(f"wrote {args.out}: {data.describe(ds)}")
     elif args.data_cmd == "convert":
-        avail = imagefolder.list_classes(args.src)
-        id_classes = imagefolder.pick_classes(avail, args.id_classes, seed=args.seed)
-        ood_classes = imagefolder.pick_classes(avail, args.ood_classes, exclude=id_classes, seed=args.seed + 1)
-        imagefolder.convert(args.src, args.dest, id_classes=id_classes, ood_classes=ood_classes,
-                            overwrite=args.overwrite, size=args.size, compress=args.compress)
+        summary = imagefolder.convert(args.src, args.dest, args.id_classes, args.ood_classes, seed=args.seed,
+                                      size=args.size, overwrite=args.overwrite, compress=args.compress,
+                                      progress=not args.no_progress)
+        print(f"read {summary['description']}")
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "info":
         print(data.describe(data.load_dataset(args.dir)))
@@ -89,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true")
     conv.add_argument("--compress", action="store_true",
                       help="write compressed .npz (np.savez_compressed): smaller to move around, loaded the same way")
+    conv.add_argument("--no-progress", action="store_true")
     info = dsub.add_parser("info", help="validate a dataset folder and summarise it")
     info.add_argument("dir")
     d.set_defaults(fn=_data)
