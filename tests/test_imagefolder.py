@@ -8,42 +8,12 @@ from PIL import Image
 
 from selfsup import data, imagefolder
 from selfsup.data import DataError
-
-
-COLOURS = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (240, 240, 30)]  # one flat colour per class
-
-
-def save_image(path, colour, size=(64, 64)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
+from image_trees import COLOURS, assert_colours, make_tiny_tree, make_tree, save_image, zip_tree
 
 
 @pytest.fixture
 def tiny_tree(tmp_path):
-    """Tiny-ImageNet-200 layout: 4 classes, 3 train and 2 val JPEGs each."""
-    root = tmp_path / "tiny-imagenet-200"
-    wnids = ["n01", "n02", "n03", "n04"]
-    root.mkdir()
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (root / "words.txt").write_text("n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\n"
-                                    "n03\tice cream, icecream\nn04\tkimono\n")
-    annotations = []
-    for c, wnid in enumerate(wnids):
-        for i in range(3):
-            save_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLOURS[c])
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-        for i in range(2):
-            name = f"val_{2 * c + i}.JPEG"
-            save_image(root / "val" / "images" / name, COLOURS[c])
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
-    return root
-
-
-def assert_colours(split, colours):
-    """Each image's mean colour is its class's colour: labels point at the right images."""
-    means = split.images.reshape(len(split), -1, 3).mean(1)
-    np.testing.assert_allclose(means, np.array(colours, float)[split.labels], atol=12)
+    return make_tiny_tree(tmp_path / "tiny-imagenet-200")
 
 
 def test_convert_tinyimagenet(tiny_tree, tmp_path):
@@ -145,27 +115,36 @@ def test_unreadable_image_names_the_file(tmp_path):
         imagefolder.load_imagefolder(tmp_path / "tree")
 
 
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    for cls in ("a", "b"):
+        for i in range(2):
+            path = tmp_path / "tree" / cls / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ramp).save(path)  # PIL mode "I;16"
+    assert Image.open(path).mode == "I;16"
+    split = imagefolder.load_imagefolder(tmp_path / "tree")
+    expected = np.rint(ramp / 257.0).astype(np.uint8)
+    for image in split.images:
+        for channel in range(3):
+            np.testing.assert_array_equal(image[..., channel], expected)
+    assert (split.images == 255).mean() < 0.01  # was 99.6 %: clipped to white
+
+
+@pytest.mark.parametrize("size", [-5, 0, 2.5, True])
+def test_bad_size_is_refused_before_anything_is_read(tiny_tree, tmp_path, size):
+    with pytest.raises(DataError, match="--size") as err:
+        imagefolder.convert(tiny_tree, tmp_path / "out", "n01", "n02", size=size)
+    assert repr(size) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_impossible_size_is_a_one_line_error(tiny_tree, tmp_path):
+    with pytest.raises(DataError, match="GB of memory"):
+        imagefolder.load_tinyimagenet(tiny_tree, "train", ["n01"], size=10**7)
+
+
 # ----------------------------------------------------------------------------- layouts
-
-
-def make_tree(root, parts, size=(16, 16)):
-    """parts: {folder: {class: n}}, folder "" for a plain tree; class k gets COLOURS[k] by sorted name."""
-    colour = {c: COLOURS[i] for i, c in enumerate(sorted({c for classes in parts.values() for c in classes}))}
-    for folder, classes in parts.items():
-        for cls, n in classes.items():
-            for i in range(n):
-                save_image(root / folder / cls / f"{i:02d}.png", colour[cls], size=size)
-    return root
-
-
-def zip_tree(folder, path, extra=()):
-    """Zip ``folder`` (its own name as the top folder, like most archives) plus ``extra`` (name, bytes)."""
-    with zipfile.ZipFile(path, "w") as z:
-        for p in sorted(folder.rglob("*")):
-            z.write(p, p.relative_to(folder.parent).as_posix())
-        for name, payload in extra:
-            z.writestr(name, payload)
-    return path
 
 
 @pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
@@ -283,3 +262,9 @@ def test_pick_classes_forms(tmp_path):
 def test_pick_classes_errors(spec, exclude, fragment):
     with pytest.raises(DataError, match=fragment):
         imagefolder.pick_classes(AVAILABLE, spec, exclude=exclude)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5])
+def test_pick_classes_refuses_a_bad_seed(seed):
+    with pytest.raises(DataError, match="--seed"):
+        imagefolder.pick_classes(AVAILABLE, "3", seed=seed)

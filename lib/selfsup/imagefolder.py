@@ -172,16 +172,35 @@ def find_layout(source: Source) -> Layout:
 # --------------------------------------------------------------------------- decoding
 
 
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise DataError(f"image size {size!r} (--size): expected a positive whole number of pixels, e.g. 64")
+    return int(size)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale ("I;16*"; "I" from a PNG in older Pillow) is
+    scaled by 255/65535 first: PIL's convert clips it, so a full-range image came out white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img, np.float64) / 257), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def _decode(source: Source, rels: list[str], labels: list[int], class_names: list[str], size: int,
             what: str, progress: bool) -> Split:
     """Decode ``rels`` to (N, size, size, 3) uint8; non-square or other-sized
     images are centre-cropped to a square and resized (bicubic)."""
-    images = np.empty((len(rels), size, size, 3), np.uint8)  # filled in place: no second copy of a big set
+    size = _check_size(size)
+    try:
+        images = np.empty((len(rels), size, size, 3), np.uint8)  # filled in place: no second copy of a big set
+    except MemoryError:
+        raise DataError(f"{source.where()}: {len(rels)} images of {size}x{size} need "
+                        f"{len(rels) * size * size * 3 / 1e9:.1f} GB of memory; expected a smaller --size") from None
     bar = tqdm(rels, desc=what, unit="img", file=sys.stderr, disable=not progress, delay=_PROGRESS_DELAY_S)
     for i, rel in enumerate(bar):
         try:
             with Image.open(source.open(rel)) as img:
-                img = img.convert("RGB")
+                img = _to_rgb(img)
                 if img.size != (size, size):
                     img = ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
                 images[i] = np.asarray(img)
@@ -292,6 +311,7 @@ def pick_classes(available: list[str], spec: str, exclude=(), seed: int = 0) -> 
     """Turn a CLI class spec into ids: "a,b,c"; "@file" (one id per line, # comments);
     or an integer N = N ids drawn with RandomState(seed) from ``available`` minus
     ``exclude``, returned in ``available`` order."""
+    _check_seed(seed, 2**32)
     spec, excluded = str(spec).strip(), set(exclude)
     pool = [c for c in available if c not in excluded]
     if spec.isdigit():
@@ -318,6 +338,11 @@ def pick_classes(available: list[str], spec: str, exclude=(), seed: int = 0) -> 
     if both:
         raise DataError(f"{where}: class id(s) in both ID and OOD: {', '.join(both)}; expected disjoint sets")
     return ids
+
+
+def _check_seed(seed, end: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < end:
+        raise DataError(f"seed {seed!r} (--seed): expected a whole number from 0 to {end - 1}")
 
 
 def _resolve(classes, available: list[str], exclude, seed: int) -> list[str]:
@@ -348,7 +373,8 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
     for reads over a second. Returns a summary; its "description" says which
     layout and folders were used.
     """
-    dest = Path(dest)
+    dest, size = Path(dest), _check_size(size)
+    _check_seed(seed, 2**32 - 1)  # OOD classes are drawn with seed + 1
     with Source(src) as source:
         layout = find_layout(source)
         id_classes = _resolve(id_classes, layout.classes, (), seed)
