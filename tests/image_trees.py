@@ -17,7 +17,7 @@ def make_tiny_tree(root):
     """Tiny-ImageNet-200 layout in ``root``: 4 classes (n01..n04), 3 train and 2 val 64x64 JPEGs each,
     one flat colour per class (COLOURS)."""
     wnids = ["n01", "n02", "n03", "n04"]
-    root.mkdir()
+    root.mkdir(parents=True)
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
     (root / "words.txt").write_text("n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\n"
                                     "n03\tice cream, icecream\nn04\tkimono\n")

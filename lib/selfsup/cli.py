@@ -2,6 +2,7 @@
 
     selfsup data demo [--out data/demo]                 generate the synthetic demo dataset
     selfsup data convert SRC DEST --id-classes .. --ood-classes ..
+    selfsup data download tiny-imagenet [DEST] --id-classes .. --ood-classes ..   download + convert
     selfsup data info DIR
     selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume]
     torchrun --nproc-per-node N -m selfsup.cli train ...   the same, data-parallel over N processes
@@ -21,7 +22,7 @@ import sys
 
 
 def _data(args):
-    from . import data, demo_data, imagefolder
+    from . import data, demo_data, download, imagefolder
 
     if args.data_cmd == "demo":
         ds = demo_data.make_demo(args.out, seed=args.seed)
@@ -30,6 +31,13 @@ def _data(args):
         summary = imagefolder.convert(args.src, args.dest, args.id_classes, args.ood_classes, seed=args.seed,
                                       size=args.size, overwrite=args.overwrite, compress=args.compress,
                                       progress=not args.no_progress)
+        print(f"read {summary['description']}")
+        print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
+    elif args.data_cmd == "download":
+        summary = download.tiny_imagenet(args.dest, args.id_classes, args.ood_classes, url=args.url,
+                                         known_hash=args.hash, cache=args.cache, seed=args.seed, size=args.size,
+                                         overwrite=args.overwrite, compress=args.compress,
+                                         progress=not args.no_progress)
         print(f"read {summary['description']}")
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "info":
@@ -68,6 +76,20 @@ def _report(args):
         print(f"wrote {path}")
 
 
+def _conversion_options(p: argparse.ArgumentParser) -> None:
+    """The options `data convert` and `data download` share."""
+    p.add_argument("--id-classes", required=True,
+                   help="comma-separated class ids, @file (one per line), or a count N picked at random")
+    p.add_argument("--ood-classes", required=True,
+                   help="as --id-classes, disjoint from them (a count is drawn from the rest); 0 for no ood.npz")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64): centre crop + resize")
+    p.add_argument("--seed", type=int, default=0, help="for class counts: ID drawn with SEED, OOD with SEED + 1")
+    p.add_argument("--overwrite", action="store_true", help="replace train/val/ood.npz already in DEST")
+    p.add_argument("--compress", action="store_true",
+                   help="write compressed .npz (np.savez_compressed): smaller to move around, loaded the same way")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -80,15 +102,27 @@ def parser() -> argparse.ArgumentParser:
     conv = dsub.add_parser("convert", help="course-format NPZ from an ImageFolder or Tiny ImageNet tree")
     conv.add_argument("src")
     conv.add_argument("dest")
-    conv.add_argument("--id-classes", required=True,
-                      help="comma-separated class ids, @file (one per line), or a count N picked at random")
-    conv.add_argument("--ood-classes", required=True, help="as --id-classes; must be disjoint from them")
-    conv.add_argument("--size", type=int, default=64)
-    conv.add_argument("--seed", type=int, default=0)
-    conv.add_argument("--overwrite", action="store_true")
-    conv.add_argument("--compress", action="store_true",
-                      help="write compressed .npz (np.savez_compressed): smaller to move around, loaded the same way")
-    conv.add_argument("--no-progress", action="store_true")
+    _conversion_options(conv)
+    from . import download  # its URL, hash and cache settings, for the help
+
+    dl = dsub.add_parser(
+        "download", help="download Tiny-ImageNet-200 and convert it to course format in one step",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Download Tiny-ImageNet-200 (a 248 MB zip, once) and convert it to course format.\n\n"
+                    f"The zip is checked against {download.TINY_IMAGENET_HASH} (the official file's published MD5;\n"
+                    f"no SHA-256 is published) and cached in --cache, ${download.CACHE_ENV} or ~/.cache/selfsup.\n"
+                    "A truncated or corrupt download is refused and nothing is kept; a cached copy that does\n"
+                    f"not match is fetched again. A mirror: --url or ${download.URL_ENV} (and --hash if its\n"
+                    "file differs). The zip is read in place, never unpacked. DEST (default\n"
+                    "data/tiny-imagenet) gets train.npz and val.npz of the ID classes (500 and 50 images a\n"
+                    "class), and ood.npz of the OOD classes (their 50 val images each). For a zip or folder\n"
+                    "you already have: selfsup data convert SRC DEST.")
+    dl.add_argument("name", choices=["tiny-imagenet"], help="the dataset")
+    dl.add_argument("dest", nargs="?", default="data/tiny-imagenet", help="the course-format folder to write")
+    _conversion_options(dl)
+    dl.add_argument("--url", help=f"a mirror of the zip (default ${download.URL_ENV}, else {download.TINY_IMAGENET_URL})")
+    dl.add_argument("--hash", help="the expected hash of the mirror's file, md5:... or sha256:... (default: the official md5)")
+    dl.add_argument("--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else ~/.cache/selfsup)")
     info = dsub.add_parser("info", help="validate a dataset folder and summarise it")
     info.add_argument("dir")
     d.set_defaults(fn=_data)

@@ -191,17 +191,29 @@ def save_dataset(splits: dict, folder, overwrite: bool = False, compress: bool =
     return _save_all({folder / f"{name}.npz": split for name, split in splits.items()}, folder, overwrite, compress)
 
 
+def check_new(folder, overwrite: bool = False) -> None:
+    """Raise DataError unless a dataset can be written into ``folder``: it is not a
+    file, and holds no train/val/ood.npz unless ``overwrite``. Long conversions and
+    downloads call it first, so they fail before the work, not after."""
+    folder = Path(folder)
+    _check_targets([folder / f"{name}.npz" for name in SPLITS], folder, overwrite)
+
+
+def _check_targets(paths, folder: Path, overwrite: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file; expected a folder (or a new path) to write "
+                        f"{', '.join(p.name for p in paths)} into")
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+
 def _save_all(targets: dict, folder: Path, overwrite: bool, compress: bool) -> list[Path]:
     for path, split in targets.items():
         if split is not None:
             _check_arrays(np.asarray(split.images), np.asarray(split.labels),
                           np.asarray(split.class_names, dtype=str), str(path))
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder}: is a file; expected a folder (or a new path) to write "
-                        f"{', '.join(p.name for p in targets)} into")
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+    _check_targets(list(targets), folder, overwrite)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     temps: dict = {}
     try:

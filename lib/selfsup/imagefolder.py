@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from .data import SPLITS, DataError, Split, _one_line, save_dataset
+from .data import DataError, Split, _one_line, check_new, save_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # matched case-insensitively (Tiny ImageNet uses .JPEG)
 HELD_OUT = ("val", "valid", "validation", "test")  # tried in this order beside train/
@@ -170,6 +170,12 @@ def find_layout(source: Source) -> Layout:
 
 
 # --------------------------------------------------------------------------- decoding
+
+
+def check_options(size, seed) -> None:
+    """Raise DataError unless ``size`` (pixels) and ``seed`` (ID draws; OOD uses seed + 1) are usable."""
+    _check_size(size)
+    _check_seed(seed, 2**32 - 1)
 
 
 def _check_size(size) -> int:
@@ -373,8 +379,8 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
     for reads over a second. Returns a summary; its "description" says which
     layout and folders were used.
     """
-    dest, size = Path(dest), _check_size(size)
-    _check_seed(seed, 2**32 - 1)  # OOD classes are drawn with seed + 1
+    dest = Path(dest)
+    check_options(size, seed)
     with Source(src) as source:
         layout = find_layout(source)
         id_classes = _resolve(id_classes, layout.classes, (), seed)
@@ -386,9 +392,7 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
         if both:
             raise DataError(f"{source.where()}: class id(s) in both ID and OOD: {', '.join(both)}; "
                             "expected disjoint sets")
-        existing = [dest / f"{name}.npz" for name in SPLITS if (dest / f"{name}.npz").exists()]
-        if existing and not overwrite:  # say so now, not after minutes of decoding
-            raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+        check_new(dest, overwrite)  # say so now, not after minutes of decoding
 
         ood = None
         if layout.kind == "tinyimagenet":
