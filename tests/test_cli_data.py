@@ -118,3 +118,20 @@ def test_convert_reads_a_16_bit_png_tree(tmp_path, capsys):
     assert rc == 0
     ds = data.load_dataset(tmp_path / "out")
     assert (ds.train.images == 255).mean() < 0.01 and ds.train.images.mean() == pytest.approx(127.4, abs=0.5)
+
+
+@pytest.mark.parametrize("command,fragments", [
+    ("convert", ["SRC is a folder or a .zip", "Tiny-ImageNet-200", "wnids.txt", "val/val_annotations.txt",
+                 "train/<class>/<image>", "val/, valid/, validation/, test/", "wrapping folder", "<class>/<image>",
+                 "90/10", "DEST gets train.npz", "ood.npz", "16-bit", "--compress"]),
+    ("download", ["tiny-imagenet", "md5:90528d7ca1a48142e341f4ef8d21d0de", "no SHA-256", "$SELFSUP_CACHE",
+                  "$SELFSUP_TINYIMAGENET_URL", "--url", "--hash", "DEST gets train.npz", "ood.npz",
+                  "--id-classes", "--ood-classes", "--seed", "--size", "--compress"]),
+])
+def test_help_says_what_src_may_be_and_what_dest_gets(capsys, command, fragments):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["data", command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    missing = [f for f in fragments if f not in out]
+    assert not missing, out

@@ -99,30 +99,50 @@ def parser() -> argparse.ArgumentParser:
     demo = dsub.add_parser("demo", help="generate the synthetic demo dataset (seconds)")
     demo.add_argument("--out", default="data/demo")
     demo.add_argument("--seed", type=int, default=0)
-    conv = dsub.add_parser("convert", help="course-format NPZ from an ImageFolder or Tiny ImageNet tree")
-    conv.add_argument("src")
-    conv.add_argument("dest")
+    from . import download, imagefolder  # what they accept and their settings, for the help
+
+    conv = dsub.add_parser(
+        "convert", help="course-format NPZ from an ImageFolder or Tiny ImageNet tree (folder or .zip)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert an image tree to the course format, all or nothing: DEST gets train.npz and\n"
+                    "val.npz (ID classes) and ood.npz (OOD classes; none with --ood-classes 0), images\n"
+                    "(N, SIZE, SIZE, 3) uint8, labels, class_names. The layout and folders used are printed.\n\n"
+                    "SRC is a folder or a .zip of one (read in place) holding one of these layouts; hidden\n"
+                    "files and __MACOSX/ are ignored, and a single wrapping folder (cifar10/) is looked into:\n"
+                    "  Tiny-ImageNet-200  wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
+                    "                     val/val_annotations.txt: ID train from train/, ID val and OOD\n"
+                    "                     from val/ (50 a class); names from words.txt (goldfish)\n"
+                    "  ImageFolder        train/<class>/<image> beside a held-out "
+                    f"{', '.join(h + '/' for h in imagefolder.HELD_OUT)}\n"
+                    "                     with <class>/<image> (the first of these that has train's classes):\n"
+                    "                     ID val and OOD from the held-out folder\n"
+                    "  ImageFolder        <class>/<image>, or train/ alone: each ID class split 90/10 by\n"
+                    "                     sorted file name; OOD takes all images of its classes\n"
+                    f"Images: {', '.join(imagefolder.IMAGE_SUFFIXES)} (any case, 8- or 16-bit) anywhere below their "
+                    "class\nfolder; centre-cropped to square and resized to SIZE.")
+    conv.add_argument("src", help="a folder or .zip: Tiny-ImageNet-200 or an ImageFolder tree (layouts above)")
+    conv.add_argument("dest", help="the folder to write train.npz, val.npz, ood.npz into")
     _conversion_options(conv)
-    from . import download  # its URL, hash and cache settings, for the help
 
     dl = dsub.add_parser(
         "download", help="download Tiny-ImageNet-200 and convert it to course format in one step",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"Download Tiny-ImageNet-200 (a 248 MB zip, once) and convert it to course format.\n\n"
-                    f"The zip is checked against {download.TINY_IMAGENET_HASH} (the official file's published MD5;\n"
-                    f"no SHA-256 is published) and cached in --cache, ${download.CACHE_ENV} or ~/.cache/selfsup.\n"
-                    "A truncated or corrupt download is refused and nothing is kept; a cached copy that does\n"
-                    f"not match is fetched again. A mirror: --url or ${download.URL_ENV} (and --hash if its\n"
-                    "file differs). The zip is read in place, never unpacked. DEST (default\n"
-                    "data/tiny-imagenet) gets train.npz and val.npz of the ID classes (500 and 50 images a\n"
-                    "class), and ood.npz of the OOD classes (their 50 val images each). For a zip or folder\n"
-                    "you already have: selfsup data convert SRC DEST.")
+        description="Download Tiny-ImageNet-200 (a 248 MB zip, once) and convert it to course format:\n"
+                    "DEST gets train.npz and val.npz of the ID classes (500 and 50 images a class) and\n"
+                    "ood.npz of the OOD classes (their 50 val images each), as `data convert` writes them.\n\n"
+                    f"The zip is checked against {download.TINY_IMAGENET_HASH},\n"
+                    "the official file's published MD5 (no SHA-256 is published), and kept in a cache:\n"
+                    f"--cache, else ${download.CACHE_ENV}, else the user cache folder (~/.cache/selfsup on\n"
+                    "Linux). A truncated or corrupt download is refused and nothing is kept; a cached copy\n"
+                    "that does not match is fetched again.\n"
+                    f"A mirror: --url or ${download.URL_ENV} (with --hash if its file differs).\n"
+                    "A zip or folder you already have: selfsup data convert SRC DEST.")
     dl.add_argument("name", choices=["tiny-imagenet"], help="the dataset")
     dl.add_argument("dest", nargs="?", default="data/tiny-imagenet", help="the course-format folder to write")
     _conversion_options(dl)
     dl.add_argument("--url", help=f"a mirror of the zip (default ${download.URL_ENV}, else {download.TINY_IMAGENET_URL})")
     dl.add_argument("--hash", help="the expected hash of the mirror's file, md5:... or sha256:... (default: the official md5)")
-    dl.add_argument("--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else ~/.cache/selfsup)")
+    dl.add_argument("--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else the user cache folder)")
     info = dsub.add_parser("info", help="validate a dataset folder and summarise it")
     info.add_argument("dir")
     d.set_defaults(fn=_data)
