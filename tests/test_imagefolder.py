@@ -175,7 +175,7 @@ def test_held_out_folders_are_tried_in_order_and_unlabelled_ones_skipped(tmp_pat
 
 
 def test_wrapping_folders_are_looked_into(tmp_path):
-    src = make_tree(tmp_path / "dl" / "outer" / "cifar10", {"train": {"cat": 3, "dog": 3}, "test": {"cat": 1, "dog": 1}})
+    make_tree(tmp_path / "dl" / "outer" / "cifar10", {"train": {"cat": 3, "dog": 3}, "test": {"cat": 1, "dog": 1}})
     (tmp_path / "dl" / "README.txt").write_text("downloaded from somewhere")
     summary = imagefolder.convert(tmp_path / "dl", tmp_path / "out", "cat", "dog")
     assert summary["held_out"] == "test" and "outer/cifar10" in summary["description"]

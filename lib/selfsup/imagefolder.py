@@ -35,7 +35,7 @@ from .data import DataError, Split, _one_line, check_new, save_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # matched case-insensitively (Tiny ImageNet uses .JPEG)
 HELD_OUT = ("val", "valid", "validation", "test")  # tried in this order beside train/
-_IGNORED = {"__MACOSX", "__pycache__"}  # and any name starting with "."
+_IGNORED = {"__MACOSX"}  # macOS zips; and any name starting with "."
 _MAX_WRAPPERS = 3  # how many single wrapping folders are looked into
 _PROGRESS_DELAY_S = 1.0  # a bar only for reads that take longer
 _READ_ERRORS = (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, zlib.error)
