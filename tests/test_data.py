@@ -1,8 +1,11 @@
-"""selfsup.data: course NPZ round-trips and validation, trees -> course format, OOD split, demo data."""
+"""selfsup.data: course NPZ round-trips and validation, OOD split, demo data."""
+
+import os
+import stat
+import zipfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from selfsup import data, demo_data
 from selfsup.data import DataError, Split
@@ -85,6 +88,7 @@ def _bad_file(tmp_path, case):
         "label_too_big": (dict(labels=np.array([0, 1, 3, 0, 1, 2])), "'class_names' has 3"),
         "names_2d": (dict(class_names=np.array([["a", "b", "c"]])), "'class_names'"),
         "names_not_str": (dict(class_names=np.arange(3)), "'class_names'"),
+        "names_twice": (dict(class_names=np.array(["cat", "dog", "cat"])), "'class_names' has 'cat' twice"),
     }
     change, fragment = edits[case]
     arrays = {k: v for k, v in {**g, **change}.items() if v is not None}
@@ -93,7 +97,7 @@ def _bad_file(tmp_path, case):
 
 BAD_FILES = ["missing", "garbage", "npy", "object", "no_images", "no_labels", "float_images", "rank3_images",
              "rgba_images", "float_labels", "rank2_labels", "n_mismatch", "empty", "negative_label",
-             "label_too_big", "names_2d", "names_not_str"]
+             "label_too_big", "names_2d", "names_not_str", "names_twice"]
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
@@ -106,7 +110,7 @@ def test_load_npz_rejects_bad_file(tmp_path, case):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("case", ["float_images", "n_mismatch", "label_too_big"])
+@pytest.mark.parametrize("case", ["float_images", "n_mismatch", "label_too_big", "names_twice"])
 def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
     g = good_arrays()
     split = Split(g["images"], g["labels"], list(g["class_names"]))
@@ -114,11 +118,83 @@ def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
         split.images = split.images.astype(np.float32)
     elif case == "n_mismatch":
         split.labels = split.labels[:5]
+    elif case == "names_twice":
+        split.class_names = ["a", "b", "a"]
     else:
         split.class_names = ["a", "b"]
     with pytest.raises(DataError, match="out.npz"):
         data.save_npz(split, tmp_path / "out.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        data.save_npz(make_split(), tmp_path / "train.npz")
+        data.save_dataset({"train": make_split(), "val": make_split()}, tmp_path / "ds")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "train.npz", tmp_path / "ds" / "train.npz", tmp_path / "ds" / "val.npz"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_compressed_files_are_smaller_and_load_the_same(tmp_path):
+    split = make_split(n=40, size=16)
+    split.images[:] = split.images[:, :1, :1]  # flat images: compressible, as photos' npz are in part
+    data.save_npz(split, tmp_path / "plain.npz")
+    data.save_npz(split, tmp_path / "small.npz", compress=True)
+    with zipfile.ZipFile(tmp_path / "small.npz") as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert (tmp_path / "small.npz").stat().st_size < (tmp_path / "plain.npz").stat().st_size / 5
+    a, b = data.load_npz(tmp_path / "plain.npz"), data.load_npz(tmp_path / "small.npz")
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.class_names == b.class_names
+
+
+def test_save_dataset_writes_all_or_nothing(tmp_path, monkeypatch):
+    good, bad = make_split(), make_split()
+    bad.class_names = ["a", "b"]  # labels reach 2
+    dest = tmp_path / "new" / "ds"
+    with pytest.raises(DataError, match="val.npz"):  # a bad split: checked before anything is written
+        data.save_dataset({"train": good, "val": bad}, dest)
+    assert list(tmp_path.iterdir()) == []
+
+    real, calls = data._write_split, []
+
+    def disk_full_on_second(split, path, compress):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device", str(path))
+        real(split, path, compress)
+
+    monkeypatch.setattr(data, "_write_split", disk_full_on_second)
+    with pytest.raises(DataError, match="No space left") as err:
+        data.save_dataset({"train": good, "val": good, "ood": good}, dest)
+    assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no temporaries, and the folders it made are gone again
+
+    existing = tmp_path / "old"
+    existing.mkdir()
+    (existing / "train.npz").write_bytes(b"keep")
+    calls.clear()
+    with pytest.raises(DataError):
+        data.save_dataset({"train": good, "val": good}, existing, overwrite=True)
+    assert [p.name for p in existing.iterdir()] == ["train.npz"] and (existing / "train.npz").read_bytes() == b"keep"
+
+
+def test_save_dataset_refuses_a_file_and_existing_splits_and_drops_a_stale_ood(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        data.save_dataset({"train": make_split(), "val": make_split()}, tmp_path / "file")
+    ds = tmp_path / "ds"
+    data.save_dataset({"train": make_split(), "val": make_split(), "ood": make_split()}, ds)
+    with pytest.raises(DataError, match="already exists"):
+        data.save_dataset({"train": make_split(), "val": make_split()}, ds)
+    data.save_dataset({"train": make_split(), "val": make_split(), "ood": None}, ds, overwrite=True)
+    assert sorted(p.name for p in ds.iterdir()) == ["train.npz", "val.npz"]
+    assert data.load_dataset(ds).ood is None
 
 
 # ----------------------------------------------------------------------------- load_dataset
@@ -223,162 +299,3 @@ def test_demo_without_ood(tmp_path):
     ds = demo_data.make_demo(tmp_path, n_id_classes=3, n_ood_classes=0, train_per_class=2, val_per_class=1, size=32)
     assert ds.ood is None and not (tmp_path / "ood.npz").exists()
     assert data.load_dataset(tmp_path).train.images.shape == (6, 32, 32, 3)
-
-
-# ----------------------------------------------------------------------------- trees
-
-
-COLOURS = [(250, 20, 20), (20, 250, 20), (20, 20, 250), (240, 240, 30)]  # one flat colour per class
-
-
-def save_image(path, colour, size=(64, 64)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).save(path)
-
-
-@pytest.fixture
-def tiny_tree(tmp_path):
-    """Tiny-ImageNet-200 layout: 4 classes, 3 train and 2 val JPEGs each."""
-    root = tmp_path / "tiny-imagenet-200"
-    wnids = ["n01", "n02", "n03", "n04"]
-    root.mkdir()
-    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (root / "words.txt").write_text("n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\n"
-                                    "n03\tice cream, icecream\nn04\tkimono\n")
-    annotations = []
-    for c, wnid in enumerate(wnids):
-        for i in range(3):
-            save_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", COLOURS[c])
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
-        for i in range(2):
-            name = f"val_{2 * c + i}.JPEG"
-            save_image(root / "val" / "images" / name, COLOURS[c])
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-    (root / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
-    return root
-
-
-def assert_colours(split, colours):
-    """Each image's mean colour is its class's colour: labels point at the right images."""
-    means = split.images.reshape(len(split), -1, 3).mean(1)
-    np.testing.assert_allclose(means, np.array(colours, float)[split.labels], atol=12)
-
-
-def test_convert_tinyimagenet(tiny_tree, tmp_path):
-    dest = tmp_path / "out"
-    available = data.list_classes(tiny_tree)
-    assert available == ["n01", "n02", "n03", "n04"]
-    summary = data.convert(tiny_tree, dest, id_classes=["n03", "n01"], ood_classes=["n04"])
-    assert summary["layout"] == "tinyimagenet" and (summary["train"], summary["val"], summary["ood"]) == (6, 4, 2)
-    ds = data.load_dataset(dest)
-    assert ds.train.class_names == ["ice cream", "goldfish"]  # order of id_classes, first name in words.txt
-    assert ds.ood.class_names == ["kimono"]
-    assert np.bincount(ds.train.labels).tolist() == [3, 3] and np.bincount(ds.val.labels).tolist() == [2, 2]
-    assert ds.train.images.shape == (6, 64, 64, 3)
-    assert_colours(ds.train, [COLOURS[2], COLOURS[0]])
-    assert_colours(ds.val, [COLOURS[2], COLOURS[0]])
-    assert_colours(ds.ood, [COLOURS[3]])
-
-
-def test_load_tinyimagenet_resizes(tiny_tree):
-    split = data.load_tinyimagenet(tiny_tree, "val", ["n02"], size=32)
-    assert split.images.shape == (2, 32, 32, 3) and split.class_names == ["bison"]
-
-
-@pytest.mark.parametrize("case", ["unknown", "overlap", "exists", "layout", "no_id"])
-def test_convert_errors_write_nothing(tiny_tree, tmp_path, case):
-    dest = tmp_path / "out"
-    dest.mkdir()
-    kwargs = dict(id_classes=["n01", "n02"], ood_classes=["n03"])
-    src, fragment = tiny_tree, None
-    if case == "unknown":
-        kwargs["ood_classes"], fragment = ["n99"], "n99"
-    elif case == "overlap":
-        kwargs["ood_classes"], fragment = ["n02", "n03"], "n02"
-    elif case == "exists":
-        (dest / "val.npz").write_bytes(b"keep me")
-        fragment = "val.npz"
-    elif case == "layout":
-        src = tmp_path / "empty"
-        src.mkdir()
-        fragment = "not recognised"
-    else:
-        kwargs["id_classes"], fragment = [], "ID"
-    before = sorted(p.name for p in dest.iterdir())
-    with pytest.raises(DataError, match=fragment) as err:
-        data.convert(src, dest, **kwargs)
-    assert "\n" not in str(err.value)
-    assert sorted(p.name for p in dest.iterdir()) == before
-    if case == "exists":
-        assert (dest / "val.npz").read_bytes() == b"keep me"
-        data.convert(src, dest, overwrite=True, **kwargs)  # and overwrite replaces it
-        assert len(data.load_dataset(dest).val) == 4
-
-
-def test_convert_imagefolder_with_train_val(tmp_path):
-    src = tmp_path / "tree"
-    for c, name in enumerate(["cat", "dog", "eel"]):
-        for i in range(3):
-            save_image(src / "train" / name / f"{i}.png", COLOURS[c], size=(48, 32))  # non-square: crop + resize
-        save_image(src / "val" / name / "v.jpg", COLOURS[c])
-    assert data.list_classes(src) == ["cat", "dog", "eel"]
-    summary = data.convert(src, tmp_path / "out", id_classes=["cat", "eel"], ood_classes=["dog"])
-    assert summary["layout"] == "imagefolder-trainval"
-    ds = data.load_dataset(tmp_path / "out")
-    assert ds.train.class_names == ["cat", "eel"] and ds.ood.class_names == ["dog"]
-    assert (len(ds.train), len(ds.val), len(ds.ood)) == (6, 2, 1)
-    assert_colours(ds.train, [COLOURS[0], COLOURS[2]])
-    assert_colours(ds.ood, [COLOURS[1]])
-
-
-def test_convert_plain_imagefolder_splits_90_10(tmp_path):
-    src = tmp_path / "tree"
-    for c, name in enumerate(["a", "b", "c"]):
-        for i in range(10 if name != "b" else 3):
-            save_image(src / name / f"{i:02d}.jpeg", COLOURS[c], size=(16, 16))
-    summary = data.convert(src, tmp_path / "out", id_classes=["a", "b"], ood_classes=["c"], size=16)
-    assert summary["layout"] == "imagefolder"
-    ds = data.load_dataset(tmp_path / "out")
-    assert np.bincount(ds.train.labels).tolist() == [9, 2] and np.bincount(ds.val.labels).tolist() == [1, 1]
-    assert len(ds.ood) == 10  # no held-out part exists, so OOD takes all of its classes
-    assert_colours(ds.val, [COLOURS[0], COLOURS[1]])
-    split = data.load_imagefolder(src, size=16)
-    assert split.class_names == ["a", "b", "c"] and len(split) == 23
-
-
-def test_unreadable_image_names_the_file(tmp_path):
-    bad = tmp_path / "tree" / "a" / "broken.jpg"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="broken.jpg"):
-        data.load_imagefolder(tmp_path / "tree")
-
-
-# ----------------------------------------------------------------------------- pick_classes
-
-
-AVAILABLE = [f"n{i:02d}" for i in range(20)]
-
-
-def test_pick_classes_forms(tmp_path):
-    assert data.pick_classes(AVAILABLE, "n03, n01") == ["n03", "n01"]
-    (tmp_path / "ids.txt").write_text("# my classes\nn05\n\nn07  # bison\n")
-    assert data.pick_classes(AVAILABLE, f"@{tmp_path / 'ids.txt'}") == ["n05", "n07"]
-    ids = data.pick_classes(AVAILABLE, "5")
-    assert len(ids) == 5 and ids == sorted(ids) and ids == data.pick_classes(AVAILABLE, "5")
-    ood = data.pick_classes(AVAILABLE, "15", exclude=ids)
-    assert not set(ood) & set(ids) and len(ood) == 15
-    assert data.pick_classes(AVAILABLE, "5", seed=1) != ids
-
-
-@pytest.mark.parametrize("spec,exclude,fragment", [
-    ("n01,n99", (), "n99"),
-    ("n01,n01", (), "twice"),
-    ("n01,n02", ("n02",), "both ID and OOD"),
-    ("21", (), "only 20"),
-    ("19", ("n00", "n01"), "only 18"),
-    ("@/no/such/file.txt", (), "file.txt"),
-])
-def test_pick_classes_errors(spec, exclude, fragment):
-    with pytest.raises(DataError, match=fragment):
-        data.pick_classes(AVAILABLE, spec, exclude=exclude)
