@@ -48,7 +48,7 @@ import torchvision
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 
-from selfsup import augment
+from selfsup import augment, pixels
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.methods import build_method
 from selfsup.train import (amp_dtype, as_channels_last, images_to_device, make_optimizer, optimisation_step,
@@ -97,7 +97,7 @@ def torchvision_view(view: augment.ViewRecipe, size: int) -> v2.Compose:
         v2.RandomApply([v2.GaussianBlur(augment.blur_kernel_size(size), sigma=view.blur_sigma)], p=view.blur_p),
         v2.RandomSolarize(threshold=128, p=view.solarize_p),  # uint8: 128 = 0.5 of 255 (PIL's solarize)
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(augment.MEAN, augment.STD),
+        v2.Normalize(pixels.MEAN, pixels.STD),
     ])
 
 

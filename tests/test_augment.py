@@ -12,6 +12,7 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 
 from selfsup import augment as A
+from selfsup import pixels as P
 
 N_DRAWS = 4000  # parameter draws per distribution test
 
@@ -69,8 +70,8 @@ def test_shapes_dtype_device(recipe):
         assert v.shape == (5, 3, 24, 24) and v.dtype == torch.float32 and v.device == x.device
         assert torch.isfinite(v).all()
     # Normalised from [0, 1]: values lie within the MEAN/STD image of [0, 1].
-    lo = min(-m / s for m, s in zip(A.MEAN, A.STD))
-    hi = max((1 - m) / s for m, s in zip(A.MEAN, A.STD))
+    lo = min(-m / s for m, s in zip(P.MEAN, P.STD))
+    hi = max((1 - m) / s for m, s in zip(P.MEAN, P.STD))
     assert v1.min() >= lo - 1e-5 and v1.max() <= hi + 1e-5
 
 
@@ -215,7 +216,7 @@ def only_colour(batch, **overrides):
 
 
 def colour(x, params):
-    return A.apply_colour(x, A.colour_matrix(params, x.mean(dim=(2, 3)))).clamp(0, 1)
+    return P.apply_colour(x, P.colour_matrix(params, x.mean(dim=(2, 3)))).clamp(0, 1)
 
 
 @pytest.mark.parametrize("key,tv_fn", [
@@ -276,7 +277,7 @@ def test_hue_rotation_approximates_torchvision():
 def test_blur_matches_torchvision(shape, k):
     x = smooth_images(batch=5, size=shape, seed=2)
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0])
-    ours = A.gaussian_blur(x, sigma, k)
+    ours = P.gaussian_blur(x, sigma, k)
     ref = torch.stack([TF.gaussian_blur(x[i], [k, k], [float(s), float(s)]) for i, s in enumerate(sigma)])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
@@ -284,13 +285,13 @@ def test_blur_matches_torchvision(shape, k):
 @pytest.mark.parametrize("subset", [True, False], ids=["cpu-subset", "accelerator-where"])
 def test_blur_and_solarize_touch_only_flagged_images(subset, monkeypatch):
     if not subset:  # the path CUDA takes: every image computed, flagged ones kept by torch.where
-        monkeypatch.setattr(A, "SUBSET_DEVICES", frozenset())
+        monkeypatch.setattr(P, "SUBSET_DEVICES", frozenset())
     x = smooth_images(batch=6)
     flags = torch.tensor([True, False, True, False, False, True])
     sigma = torch.full((6,), 1.5)
-    blurred = A.blur_subset(x.clone(), flags, sigma, 7)
+    blurred = P.blur_subset(x.clone(), flags, sigma, 7)
     assert torch.equal(blurred[~flags], x[~flags]) and not torch.equal(blurred[flags], x[flags])
-    solarized = A.solarize_subset(x.clone(), flags)
+    solarized = P.solarize_subset(x.clone(), flags)
     assert torch.equal(solarized[~flags], x[~flags])
     torch.testing.assert_close(solarized[flags], TF.solarize(x[flags], 0.5), atol=0, rtol=0)
 
@@ -303,18 +304,18 @@ def full_box(batch, size, flip=False):
 
 def test_full_box_crop_is_identity_and_flip_mirrors():
     x = smooth_images(batch=3)
-    torch.testing.assert_close(A.resized_crop(x, full_box(3, 32), 32), x, atol=1e-5, rtol=0)
-    torch.testing.assert_close(A.resized_crop(x, full_box(3, 32, flip=True), 32), x.flip(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.resized_crop(x, full_box(3, 32), 32), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.resized_crop(x, full_box(3, 32, flip=True), 32), x.flip(-1), atol=1e-5, rtol=0)
     # Upscaling the whole image is torchvision's bilinear resize, edges included.
     ref = TF.resize(x, [56, 56], antialias=False)
-    torch.testing.assert_close(A.resized_crop(x, full_box(3, 32), 56), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.resized_crop(x, full_box(3, 32), 56), ref, atol=1e-5, rtol=0)
 
 
 def test_crop_grid_equals_affine_grid():
     p = A.sample_params(6, A.ViewRecipe(), (40, 56), torch.Generator().manual_seed(0))
-    theta = A.crop_theta(p, (40, 56))
+    theta = P.crop_theta(p, (40, 56))
     ref = torch.nn.functional.affine_grid(theta, [6, 3, 24, 24], align_corners=False)
-    torch.testing.assert_close(A.crop_grid(theta, 24), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(P.crop_grid(theta, 24), ref, atol=1e-6, rtol=0)
 
 
 def test_crop_box_coordinates():
@@ -322,11 +323,11 @@ def test_crop_box_coordinates():
     box = dict(top=torch.tensor([5, 10]), left=torch.tensor([12, 0]), height=torch.tensor([20, 20]),
                width=torch.tensor([20, 20]), flip=torch.tensor([False, True]))
     # Same size: the crop is a plain slice.
-    ours = A.resized_crop(x, box, 20)
+    ours = P.resized_crop(x, box, 20)
     torch.testing.assert_close(ours[0], x[0, :, 5:25, 12:32], atol=1e-5, rtol=0)
     torch.testing.assert_close(ours[1], x[1, :, 10:30, 0:20].flip(-1), atol=1e-5, rtol=0)
     # Upscaled 2x: torchvision's bilinear resized_crop, away from the box's outer half-pixel.
-    ours = A.resized_crop(x, box, 40)
+    ours = P.resized_crop(x, box, 40)
     ref = TF.resized_crop(x[0], 5, 12, 20, 20, [40, 40], antialias=False)
     torch.testing.assert_close(ours[0, :, 1:-1, 1:-1], ref[:, 1:-1, 1:-1], atol=1e-5, rtol=0)
 
@@ -347,18 +348,18 @@ def test_pipeline_matches_torchvision_ops_end_to_end():
             ref = TF.gaussian_blur(ref, [A.blur_kernel_size(32)] * 2, [s, s])
         if p["solarize"][i]:
             ref = TF.solarize(ref, 0.5)
-        ref = TF.normalize(ref, A.MEAN, A.STD)
+        ref = TF.normalize(ref, P.MEAN, P.STD)
         torch.testing.assert_close(ours[i], ref, atol=1e-4, rtol=0)
 
 
 def test_normalize_contract():
     x = torch.rand(2, 3, 4, 4)
-    mean, std = torch.tensor(A.MEAN).view(1, 3, 1, 1), torch.tensor(A.STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(P.MEAN).view(1, 3, 1, 1), torch.tensor(P.STD).view(1, 3, 1, 1)
     before = x.clone()
-    torch.testing.assert_close(A.normalize(x), (x - mean) / std)
+    torch.testing.assert_close(P.normalize(x), (x - mean) / std)
     assert torch.equal(x, before)  # not in place
     u = (x * 255).to(torch.uint8)
-    torch.testing.assert_close(A.normalize(u), (u.float() / 255 - mean) / std)
+    torch.testing.assert_close(P.normalize(u), (u.float() / 255 - mean) / std)
 
 
 def test_view_recipe_is_data():
@@ -407,7 +408,7 @@ def test_accelerator_path_has_no_host_sync(recipe, monkeypatch):
     # and the same views as the CPU's subset path from the same generator.
     aug, x = A.TwoViews(recipe, size=32), images(batch=8)
     subset = aug(x, torch.Generator().manual_seed(3))
-    monkeypatch.setattr(A, "SUBSET_DEVICES", frozenset())
+    monkeypatch.setattr(P, "SUBSET_DEVICES", frozenset())
     aug(x)
     ops = ops_run_by(lambda: aug(x, torch.Generator().manual_seed(3)))
     assert ops & {"aten::bmm", "aten::where"}

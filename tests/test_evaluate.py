@@ -266,7 +266,7 @@ def test_extract_features_batched_eval_mode_and_layouts():
     assert enc.training  # mode restored
     enc.eval()
     with torch.no_grad():
-        from selfsup.augment import normalize
+        from selfsup.pixels import normalize
 
         ref = enc(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
     torch.testing.assert_close(f, ref)

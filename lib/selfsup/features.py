@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import normalize
+from .pixels import normalize
 
 # ---------------------------------------------------------------------------------------------
 # Inputs: numpy or torch, checked once (knn and probe use these)
