@@ -419,6 +419,7 @@ def main(argv=None) -> int:
         return 2
     screens = Path(args.screens)
     screens.mkdir(parents=True, exist_ok=True)
+    (screens / "lab_timeout.png").unlink(missing_ok=True)  # from an earlier failed check
     tmp = Path(tempfile.mkdtemp(prefix="selfsup-browser-"))
     t0 = time.monotonic()
     try:

@@ -1,7 +1,8 @@
 """The report and the notebook-04 explorer in a real browser: headless system Chromium (Debian's
 `chromium`) driven by Playwright, through the functions of scripts/check_browser.py (what
 `make check-browser` runs). Skipped, with the reason, where /usr/bin/chromium or playwright is
-missing; CI installs both (.ci/run). About a minute on two CPU cores.
+missing; CI installs both and sets SELFSUP_REQUIRE_BROWSER=1, under which they fail instead of skipping
+(.ci/run). About a minute on two CPU cores.
 """
 
 import os
@@ -18,6 +19,8 @@ import check_browser  # noqa: E402
 @pytest.fixture(scope="module")
 def browser():
     reason = check_browser.missing()
+    if reason and os.environ.get("SELFSUP_REQUIRE_BROWSER"):
+        pytest.fail(f"SELFSUP_REQUIRE_BROWSER is set: {reason}")
     if reason:
         pytest.skip(reason)
     with check_browser.chromium() as b:
