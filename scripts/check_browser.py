@@ -409,6 +409,8 @@ def main(argv=None) -> int:
     p.add_argument("--run", help="a finished run for notebook 04 (default: a tiny one made here)")
     p.add_argument("--data", help="its dataset (with --run)")
     p.add_argument("--screens", default=str(REPO / "reports" / "screens"), help="where the PNG screenshots go")
+    p.add_argument("--timeout", type=float, help="seconds for notebook 04 to run in JupyterLab (default 90 on the "
+                   "tiny run, 300 with --run: on the demo data it took 80 s on a busy 2-core CPU)")
     p.add_argument("--keep", action="store_true", help="keep the temporary workspace (printed)")
     args = p.parse_args(argv)
     if bool(args.run) != bool(args.data):
@@ -439,7 +441,8 @@ def main(argv=None) -> int:
             log(f"(a) ok: {len(seen['images'])} images ({sizes}), "
                 f"{len(seen['tables'])} tables, 0 requests outside the file -> {screens / 'report.png'}")
             log(f"(b) JupyterLab on 127.0.0.1, notebook 04 on {ws['run']}")
-            seen = check_explorer(browser, ws, tmp / "lab", screens=screens)
+            seen = check_explorer(browser, ws, tmp / "lab", screens=screens,
+                                 timeout=args.timeout or (300 if args.run else 90))
             log(f"(b) ok: lab up {seen['lab_up_s']} s, explorer shown at {seen['explorer_s']} s; image 0 -> "
                 f"{seen['other_image']} (k-NN prediction {seen['predicted']['0']} -> "
                 f"{seen['predicted'][str(seen['other_image'])]}): panel image {seen['before']['images']} -> "
