@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export MPLBACKEND := Agg
 
-.PHONY: setup tex data demo test report sweep clean
+.PHONY: setup tex chromium data demo test report sweep lab check-browser clean
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 
 tex:  ## TeX + pandoc for the PDF report (Debian/Ubuntu packages; sudo when not root)
 	@bash scripts/install_tex.sh
+
+chromium:  ## Debian's chromium for the browser checks (Playwright drives it; no browser download; about 30 s)
+	@bash scripts/install_chromium.sh
 
 data: setup data/demo/train.npz
 
@@ -72,8 +75,22 @@ report: setup  ## export notebooks/05_report.ipynb (results of DATA, RUN and run
 sweep: setup  ## run a sweep file, resumable:  make sweep SWEEP=configs/sweeps/course_temperature.yaml [DATA=data/course]
 	$(BIN)/selfsup sweep $(SWEEP) $(if $(filter command line,$(origin DATA)),--data $(DATA))
 
-test: setup tex  ## the test suite (CPU, offline, a few minutes)
+test: setup tex  ## the test suite (CPU, offline, a few minutes; the browser tests skip without Chromium: make chromium)
 	$(BIN)/python -m pytest -q
+
+# JupyterLab bound to 127.0.0.1; as root (containers) with --allow-root, which jupyter otherwise
+# refuses ("Running as root is not recommended"). More options: make lab LAB_ARGS='--port 8890 --no-browser'
+LAB_ARGS ?=
+lab: setup  ## JupyterLab on 127.0.0.1 for the notebooks and the explorer (root-safe)
+	$(BIN)/jupyter lab --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Headless Chromium driven by Playwright: reports/report.html from disk with networking off, and
+# notebook 04 run in a JupyterLab started on 127.0.0.1, where another image is chosen in the explorer.
+# Screenshots -> reports/screens/. On a tiny run made for the check (about 40 s) unless RUN=... DATA=...
+# are given; checks the tiny run's report when reports/report.html is missing.
+check-browser: setup chromium  ## the report and the explorer in headless Chromium -> reports/screens/*.png
+	$(BIN)/python scripts/check_browser.py --screens reports/screens \
+		$(if $(filter command line,$(origin RUN)),--run $(RUN) --data $(DATA))
 
 clean:  ## remove generated runs, figures, reports and demo data (keeps the environment)
 	rm -rf runs/* reports/* figures/* data/demo
