@@ -70,10 +70,15 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
     index_w = W.IntSlider(value=0, min=0, max=len(views["val"]["positions"]) - 1, description="image #",
                           continuous_update=False)
     image_out = W.Output()
+    caption_w = W.HTML()  # the prediction as text, beside the figure that shows it
 
     def draw_image(*_):
         v = views[split_w.value]
-        fig = neighbours_figure(v, split_w.value, min(index_w.value, len(v["positions"]) - 1), k)
+        i = min(index_w.value, len(v["positions"]) - 1)
+        true, pred = int(v["labels"][int(v["positions"][i])]), int(v["pred"][i])
+        caption_w.value = (f"<b>{split_w.value} image {i}</b>: true <b>{v['names'][true]}</b>, predicted "
+                           f"<b>{v['names'][pred]}</b> ({'right' if true == pred else 'wrong'}, course k-NN)")
+        fig = neighbours_figure(v, split_w.value, i, k)
         with image_out:
             image_out.clear_output(wait=True)
             show_plot(fig, caption=f"nearest {v['ref_name']} images (euclidean, backbone features)")
@@ -107,7 +112,7 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
     set_classes()
     draw_image()
     draw_tsne()
-    tabs = W.Tab(children=[W.VBox([W.HBox([split_w, index_w]), image_out]),
+    tabs = W.Tab(children=[W.VBox([W.HBox([split_w, index_w]), caption_w, image_out]),
                            W.VBox([W.HBox([tsne_split_w, classes_w]), tsne_out])])
     tabs.set_title(0, "images")
     tabs.set_title(1, "t-SNE")
