@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.losses import barlow_twins_loss, byol_loss, fp32_loss, nt_xent
+from selfsup.losses import barlow_twins_loss, byol_loss, fp32_loss, nt_xent, vicreg_loss
 
 RTOL = 1e-5
 
@@ -230,3 +230,80 @@ def test_cuda_losses_fp32_under_autocast_without_sync():
     for name, value in got.items():
         assert value.dtype == torch.float32, name
         assert value.item() == pytest.approx(expected[name], rel=RTOL), name
+
+
+# --- VICReg ----------------------------------------------------------------------------------
+
+
+def vicreg_authors(x, y, sim=25.0, std=25.0, cov=1.0):
+    """facebookresearch/vicreg main_vicreg.py VICReg.forward, one process (no FullGatherLayer)."""
+    import torch.nn.functional as F
+
+    batch_size, num_features = x.shape
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    cov_x = (x.T @ x) / (batch_size - 1)
+    cov_y = (y.T @ y) / (batch_size - 1)
+    off = lambda m: m.flatten()[:-1].view(num_features - 1, num_features + 1)[:, 1:].flatten()  # noqa: E731
+    cov_loss = off(cov_x).pow_(2).sum().div(num_features) + off(cov_y).pow_(2).sum().div(num_features)
+    return sim * repr_loss + std * std_loss + cov * cov_loss
+
+
+def vicreg_loops(z1, z2, sim=25.0, var=25.0, cov=1.0, eps=1e-4):
+    """The paper's definitions (Bardes et al. 2022, eqs. 1-6) as numpy loops."""
+    n, d = z1.shape
+    s = sum((z1[i, j] - z2[i, j]) ** 2 for i in range(n) for j in range(d)) / (n * d)
+
+    def v(z):
+        return sum(max(0.0, 1 - math.sqrt(np.var(z[:, j], ddof=1) + eps)) for j in range(d)) / d
+
+    def c(z):
+        m = z.mean(0)
+        total = 0.0
+        for a in range(d):
+            for b in range(d):
+                if a != b:
+                    total += (sum((z[i, a] - m[a]) * (z[i, b] - m[b]) for i in range(n)) / (n - 1)) ** 2
+        return total / d
+
+    return sim * s + var * (v(z1) + v(z2)) / 2 + cov * (c(z1) + c(z2))
+
+
+@pytest.mark.parametrize("weights", [(25.0, 25.0, 1.0), (1.0, 5.0, 0.5)])
+def test_vicreg_matches_authors_and_loops(weights):
+    z1, z2 = randn(16, 6, seed=3) * 0.7, randn(16, 6, seed=4) * 0.7  # std < 1: the variance hinge is active
+    ours = vicreg_loss(z1, z2, *weights).item()
+    assert ours == pytest.approx(vicreg_authors(z1, z2, *weights).item(), rel=RTOL)
+    assert ours == pytest.approx(vicreg_loops(z1.numpy(), z2.numpy(), *weights), rel=RTOL)
+
+
+def test_vicreg_analytic_values():
+    # Identical views with std well above 1 and uncorrelated dimensions: every term is 0.
+    z = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64) * 3
+    assert vicreg_loss(z, z.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    # A collapsed embedding (every image the same point): invariance 0, covariance 0, variance
+    # hinge 1 - sqrt(eps) per dimension: the loss is 25 * (1 - 0.01).
+    c = torch.ones(8, 4, dtype=torch.float64)
+    assert vicreg_loss(c, c.clone()).item() == pytest.approx(25 * (1 - 1e-2), rel=1e-12)
+    # Only invariance: views that differ by a constant shift d in every entry give 25 * d^2.
+    assert vicreg_loss(z, z + 0.5).item() == pytest.approx(25 * 0.25, rel=1e-12)
+
+
+def test_vicreg_invariant_to_batch_order_and_shift():
+    z1, z2 = randn(32, 8, seed=5), randn(32, 8, seed=6)
+    base = vicreg_loss(z1, z2).item()
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(0))
+    assert vicreg_loss(z1[perm], z2[perm]).item() == pytest.approx(base, rel=RTOL)
+    assert vicreg_loss(z1 + 2.0, z2 + 2.0).item() == pytest.approx(base, rel=RTOL)  # a common shift
+
+
+def test_vicreg_fp32_under_bf16_autocast():
+    z1, z2 = near_converged()
+    expected = vicreg_loss(z1, z2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = vicreg_loss(z1, z2)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(expected.item(), rel=RTOL)

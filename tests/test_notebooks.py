@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from helpers import TINY_PRESET, pdf_text
+from selfsup.methods import REGISTRY
 from selfsup import data, demo_data, display, report, results, sweep, workbook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_01_compare_methods_and_02_ablations(ws):
                  data=str(ws["data"]), runs=str(ws["runs"]), figures=str(ws["figures"]), overrides={"epochs": 1},
                  method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL)
     rec = recorded(nb)
-    assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == {"simclr", "byol", "barlow"}
+    assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == set(REGISTRY)
     rows = results.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
     assert {r["method"]: r["status"] for r in rows} == {"simclr": "finished", "byol": "finished",
                                                          "barlow": "finished"}
@@ -122,7 +123,7 @@ def test_01_compare_methods_and_02_ablations(ws):
                  sweeps=["compare_tiny"], figures=str(ws["figures"]))
     rec = recorded(nb)
     assert rec["temperature"] == "not run" and rec["backbone"] == "not run"
-    assert set(rec["method"]["compare_tiny"]["values"]) == {"simclr", "byol", "barlow"}
+    assert set(rec["method"]["compare_tiny"]["values"]) == set(REGISTRY)
     md = "\n".join(outputs(nb, "text/markdown"))
     assert "Not run" in md and "| method | status |" in md
     # and with nothing to read at all, every axis is "not run" without an error

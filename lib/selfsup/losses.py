@@ -86,3 +86,33 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
     on_diag = (1 - torch.diagonal(c)).pow(2).sum()
     off_diag = _off_diagonal(c).pow(2).sum()
     return on_diag + lambd * off_diag
+
+
+def _covariance_penalty(z: torch.Tensor) -> torch.Tensor:
+    # sum of squared off-diagonal covariances / D: decorrelates the embedding's dimensions.
+    b, d = z.shape
+    zc = z - z.mean(0)
+    cov = zc.T @ zc / (b - 1)  # (D, D)
+    return _off_diagonal(cov).pow(2).sum() / d
+
+
+@fp32_loss
+def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg (Bardes, Ponce & LeCun, ICLR 2022): invariance, variance and covariance terms.
+
+    invariance  mean squared error between the views' embeddings, mean over batch and dimensions
+    variance    hinge max(0, 1 - std) of each dimension over the batch (std = sqrt(unbiased var
+                + eps)), averaged over dimensions, the mean of the two views
+    covariance  squared off-diagonal entries of each view's covariance matrix, summed, / D; the
+                two views' terms added
+    loss = sim_weight * invariance + var_weight * variance + cov_weight * covariance, with the
+    paper's weights 25 / 25 / 1, as in the authors' main_vicreg.py (whose variance term is the
+    mean over the two views: its "/ 2").
+    """
+    invariance = F.mse_loss(z1, z2)
+    std1 = torch.sqrt(z1.var(0) + eps)
+    std2 = torch.sqrt(z2.var(0) + eps)
+    variance = (F.relu(1 - std1).mean() + F.relu(1 - std2).mean()) / 2
+    covariance = _covariance_penalty(z1) + _covariance_penalty(z2)
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance

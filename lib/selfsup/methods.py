@@ -145,7 +145,29 @@ class BarlowTwins(Method):
         return losses.barlow_twins_loss(self._global(z1), self._global(z2), self.lambd)  # global batch
 
 
-REGISTRY: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, BarlowTwins)}
+class VICReg(Method):
+    name, title, recipe = "vicreg", "VICReg", "asymmetric"
+    summary = "the views' embeddings agree while each dimension keeps its variance and the dimensions decorrelate"
+    heads = dict(proj_hidden=8192, proj_dim=8192)  # 3 x 8192, as Barlow Twins
+    # The paper's weights of the invariance, variance and covariance terms.
+    settings = dict(vicreg_sim=25.0, vicreg_var=25.0, vicreg_cov=1.0)
+    limits = dict(vicreg_sim=(0.0, 1000.0), vicreg_var=(0.0, 1000.0), vicreg_cov=(0.0, 1000.0))
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
+        self.feature_dim = dim
+        h = cfg.heads
+        self.projector = mlp([dim, h["proj_hidden"], h["proj_hidden"], h["proj_dim"]])
+        self.weights = (cfg.vicreg_sim, cfg.vicreg_var, cfg.vicreg_cov)
+
+    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        z1 = self.projector(self.encoder(v1))  # per-view forwards (per-view BN), as the authors' code
+        z2 = self.projector(self.encoder(v2))
+        return losses.vicreg_loss(self._global(z1), self._global(z2), *self.weights)  # global batch statistics
+
+
+REGISTRY: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, BarlowTwins, VICReg)}
 
 
 def build_method(cfg: Config) -> Method:
