@@ -109,13 +109,16 @@ def test_04_evaluate_figures_tables_explorer(ws):
 def test_01_compare_methods_and_02_ablations(ws):
     nb = execute("01_compare_methods.ipynb", ws["out"], root=str(REPO), config=str(ws["preset"]),
                  data=str(ws["data"]), runs=str(ws["runs"]), figures=str(ws["figures"]), overrides={"epochs": 1},
-                 method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL)
+                 method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL, seeds=2)
     rec = recorded(nb)
     assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == set(REGISTRY)
+    assert all(m["n_seeds"] == 2 and m["val_knn_interval"] > 0 for m in rec["methods"].values())
     rows = results.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
-    assert {r["method"]: r["status"] for r in rows} == {"simclr": "finished", "byol": "finished",
-                                                         "barlow": "finished"}
-    assert {r["point"] for r in rows} == {"method-simclr", "method-byol_lr-0.001", "method-barlow"}
+    assert sorted((r["method"], r["seed"], r["status"]) for r in rows) == sorted(
+        (m, s, "finished") for m in REGISTRY for s in (0, 1))
+    assert {r["point"] for r in rows} == {"method-simclr", "method-byol_lr-0.001", "method-barlow", "method-vicreg"}
+    md = "\n".join(outputs(nb, "text/markdown"))
+    assert "| method | seeds | k-NN val | floor |" in md and " ± " in md and "Best by k-NN on val" in md
     assert (ws["figures"] / "compare_tiny.png").is_file()
 
     # 02 over the comparison sweep: its axis (method) is shown, the course axes are "not run"
@@ -125,7 +128,7 @@ def test_01_compare_methods_and_02_ablations(ws):
     assert rec["temperature"] == "not run" and rec["backbone"] == "not run"
     assert set(rec["method"]["compare_tiny"]["values"]) == set(REGISTRY)
     md = "\n".join(outputs(nb, "text/markdown"))
-    assert "Not run" in md and "| method | status |" in md
+    assert "Not run here" in md and "| method | seeds |" in md
     # and with nothing to read at all, every axis is "not run" without an error
     nb = execute("02_ablations.ipynb", ws["out"], root=str(REPO), runs=str(ws["root"] / "empty"))
     assert set(recorded(nb).values()) == {"not run"}

@@ -74,7 +74,8 @@ def _sweep(args):
 
 
 def _report(args):
-    for path in workbook.export(args.notebook, args.out, parameters=dict(args.param or [])):
+    for path in workbook.export(args.notebook, args.out, parameters=dict(args.param or []),
+                                progress=not args.no_progress):
         print(f"wrote {path}")
 
 
@@ -174,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="reports")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="a papermill parameter for the report notebook (repeatable)")
+    r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_report)
     return p
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
 

@@ -256,6 +256,7 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> Confi
     `--set method=barlow` picks up Barlow Twins' section. Every section is checked, used or not.
     """
     d, source = ({}, "overrides") if path is None else (read_yaml_mapping(path), str(path))
+    d.pop("seeds", None)  # for sweeps and comparisons (preset_seeds), not a run's setting
     sections = {m: d.pop(m) for m in METHODS if m in d}
     cfg = from_dict(d, source)
     for m, section in sections.items():
@@ -271,3 +272,23 @@ def load(path: str | Path | None = None, overrides: dict | None = None) -> Confi
     if overrides:
         cfg = from_dict({**cfg.to_dict(), **overrides}, "overrides")
     return cfg
+
+
+def parse_seeds(value, source: str) -> list[int] | None:
+    """`seeds:` of a preset or sweep: a list of distinct seeds, or a count n (seeds 0..n-1);
+    None when absent. A one-line ConfigError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{source}: key 'seeds': expected a count >= 1 or a list of seeds, got {value}")
+        return list(range(value))
+    if (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                   for v in value) and len(set(value)) == len(value)):
+        return list(value)
+    raise ConfigError(f"{source}: key 'seeds': expected a count >= 1 or a list of distinct seeds >= 0, got {value!r}")
+
+
+def preset_seeds(path) -> list[int] | None:
+    """The `seeds:` a preset asks its comparisons and sweeps for (None: one run at its `seed`)."""
+    return parse_seeds(read_yaml_mapping(path).get("seeds"), str(path))

@@ -248,18 +248,23 @@ def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, c
 
 
 def _floor_value(results: dict, metric: str, floor):
+    """(floor, its interval or None): `floor` ({metric: value} or one value), else the mean of the
+    rows' random_init_<metric> (and of their intervals)."""
     if floor is not None:
-        return floor.get(metric) if isinstance(floor, dict) else floor
-    vals = [r[f"random_init_{metric}"] for r in results.values() if f"random_init_{metric}" in r]
-    return float(np.mean(vals)) if vals else None
+        return (floor.get(metric) if isinstance(floor, dict) else floor), None
+    vals = [r[f"random_init_{metric}"] for r in results.values() if r.get(f"random_init_{metric}") is not None]
+    ints = [r[f"random_init_{metric}_interval"] for r in results.values()
+            if r.get(f"random_init_{metric}_interval") is not None and np.isfinite(r[f"random_init_{metric}_interval"])]
+    return (float(np.mean(vals)) if vals else None), (float(np.mean(ints)) if ints else None)
 
 
 def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None, labels=None,
                    title: str | None = None, path=None) -> Figure:
     """Grouped bars: for each method / sweep point (the keys of ``results``, each an eval.json
-    ``summary`` dict), one bar per metric (accuracy in %). The random-init floor is drawn as a
-    dashed line per metric: ``floor`` ({metric: value} or one value), else the mean of the
-    summaries' ``random_init_<metric>`` entries.
+    ``summary`` dict or a results.summarise row), one bar per metric (accuracy in %), with error
+    bars where the row has ``<metric>_interval``. The random-init floor is a dashed line per metric
+    (with its interval as a band): ``floor`` ({metric: value} or one value), else the mean of the
+    rows' ``random_init_<metric>`` entries.
     """
     names = list(results)
     if not names:
@@ -272,13 +277,20 @@ def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None,
     colours = _palette(max(len(metrics), 2))
     for i, m in enumerate(metrics):
         vals = np.array([100 * results[n][m] if results[n].get(m) is not None else np.nan for n in names])
-        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, vals, width, color=colours[i], label=labels.get(m, m))
-        for b, v in zip(bars, vals):
+        errs = np.array([100 * results[n][f"{m}_interval"] if results[n].get(f"{m}_interval") is not None
+                         else np.nan for n in names])
+        yerr = np.where(np.isfinite(errs), errs, 0.0) if np.isfinite(errs).any() else None
+        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, vals, width, color=colours[i], label=labels.get(m, m),
+                      yerr=yerr, capsize=3, error_kw=dict(lw=1))
+        for b, v, e in zip(bars, vals, errs):
             if np.isfinite(v):
-                ax.text(b.get_x() + b.get_width() / 2, v + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-        f = _floor_value(results, m, floor)
+                top = v + (e if np.isfinite(e) else 0)
+                ax.text(b.get_x() + b.get_width() / 2, top + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+        f, f_int = _floor_value(results, m, floor)
         if f is not None:
             ax.axhline(100 * f, color=colours[i], ls="--", lw=1.2, zorder=3, label=f"{labels.get(m, m)}: random init")
+            if f_int:
+                ax.axhspan(100 * (f - f_int), 100 * (f + f_int), color=colours[i], alpha=0.12, lw=0)
     ax.set_xticks(x, names, rotation=20 if max(len(n) for n in names) > 10 else 0, ha="right" if
                   max(len(n) for n in names) > 10 else "center")
     ax.set_ylabel("accuracy (%)")
@@ -294,7 +306,7 @@ def ablation_plot(rows: list[dict], axis_key: str, metrics=("val_knn", "ood_knn"
                   log_x: bool | None = None, title: str | None = None, path=None) -> Figure:
     """A sweep table (list of dicts, e.g. config values + eval summaries) as lines: ``metrics``
     (accuracies in [0, 1], drawn in %) against ``axis_key``, one line per metric (and per value of
-    ``group_key``). Numeric axes are sorted, on a log scale when positive and spanning more than
+    ``group_key``), with a band of ``<metric>_interval`` where the rows have it. Numeric axes are sorted, on a log scale when positive and spanning more than
     two decades (log_x overrides); other values are placed in first-seen order.
     """
     rows = [r for r in rows if r.get(axis_key) is not None]
@@ -320,9 +332,14 @@ def ablation_plot(rows: list[dict], axis_key: str, metrics=("val_knn", "ood_knn"
         grows = sorted(grows, key=lambda r: r[axis_key]) if numeric else grows
         x = [r[axis_key] for r in grows] if numeric else [categories.index(str(r[axis_key])) for r in grows]
         for mi, m in enumerate(metrics):
-            y = [100 * r[m] if r.get(m) is not None else np.nan for r in grows]
+            y = np.array([100 * r[m] if r.get(m) is not None else np.nan for r in grows], dtype=float)
+            e = np.array([100 * r[f"{m}_interval"] if r.get(f"{m}_interval") is not None else np.nan
+                          for r in grows], dtype=float)
             label = _label(m) + (f" ({group_key}={g})" if group_key else "")
-            ax.plot(x, y, styles[mi % len(styles)], color=colours[c % len(colours)], ms=4, label=label)
+            colour = colours[c % len(colours)]
+            ax.plot(x, y, styles[mi % len(styles)], color=colour, ms=4, label=label)
+            if np.isfinite(e).any():  # the 95% interval of each point (over seeds, or one run's binomial)
+                ax.fill_between(x, y - np.nan_to_num(e), y + np.nan_to_num(e), color=colour, alpha=0.15, lw=0)
             c += 1
     if numeric and log_x:
         ax.set_xscale("log")

@@ -6,7 +6,6 @@ call it; selfsup.workbook exports the executed report.
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 from . import plots
@@ -15,7 +14,7 @@ from .display import fmt, is_missing, markdown_table, pct, plural, show_figure, 
 from .evaluate import ensure_eval, ood_parts, run_features
 from .methods import REGISTRY
 from .runs import Run, read_json, write_json
-from .results import axis_results
+from .results import above_floor, axis_results, separated, summarise
 from .sweep import course_axes
 
 METHOD_NAMES = {name: m.title for name, m in REGISTRY.items()}
@@ -142,58 +141,110 @@ def figure_caption(key: str, figures_dir) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Ablations (notebooks 02 and 05)
+# Results over seeds: tables with intervals, findings that follow the intervals (notebooks 01, 02, 05)
+
+INTERVAL_NOTE = ("Accuracies in %, mean ± 95% interval: over the seeds (t-interval) when a point has two or more, "
+                 "else the binomial (Wilson) interval of one run on that many images. *Floor*: the same network "
+                 "at its random initialisation.")
 
 
-def result_columns(key: str, label: str) -> list:
-    """Columns of a results table (comparison or sweep): accuracies beside their random-init floors."""
-    return [(key, label), ("status", "status"), ("epochs", "epochs"),
-            ("val_knn", "k-NN val", pct), ("random_init_val_knn", "k-NN val, random init", pct),
-            ("ood_knn", "k-NN OOD", pct), ("random_init_ood_knn", "k-NN OOD, random init", pct),
-            ("val_linear", "linear val", pct), ("random_init_val_linear", "linear val, random init", pct),
-            ("ood_linear", "linear OOD", pct)]
+def pm(row: dict, metric: str) -> str:
+    """'38.1 ± 1.2' (percent) from a summary row; 'n/a' when missing."""
+    mean, interval = row.get(metric), row.get(f"{metric}_interval")
+    if is_missing(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + ("" if is_missing(interval) else f" ± {100 * interval:.1f}")
+
+
+def summary_table(rows: list[dict], key: str, label: str, linear: bool = True, extra=()) -> str:
+    """A Markdown table of summary rows (results.summarise): the point, seeds, k-NN (and linear
+    probe) accuracies on val and OOD with intervals, each beside its random-init floor. Short
+    headers, so it fits a PDF page; INTERVAL_NOTE explains them."""
+    metrics = [("val_knn", "k-NN val"), ("ood_knn", "k-NN OOD")] + ([("val_linear", "linear val")] if linear else [])
+    cols = [(key, label), ("seeds", "seeds")]
+    text = []
+    for r in rows:
+        t = {key: fmt(r.get(key)), "seeds": str(r.get("n_seeds", "")) if r.get("status") == "finished"
+             else r.get("status", "")}
+        for m, _ in metrics:
+            t[m], t[f"floor_{m}"] = pm(r, m), pm(r, f"random_init_{m}")
+        for k, _, f in extra:
+            t[k] = f(r.get(k))
+        text.append(t)
+    for m, header in metrics:
+        cols += [(m, header, str), (f"floor_{m}", "floor", str)]
+    cols += [(k, h, str) for k, h, _ in extra]
+    return markdown_table(text, [(c[0], c[1], str) for c in cols])
+
+
+def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k-NN on val") -> str:
+    """What the results say, computed from the intervals (results.separated): the best point, the
+    points it is ahead of (intervals separate), those it is not distinguishable from at this
+    number of seeds, and the points not clearly above their random-init floor."""
+    ok = [r for r in rows if r.get("status") == "finished" and not is_missing(r.get(metric))]
+    if not ok:
+        return "No finished points."
+    best = max(ok, key=lambda r: r[metric])
+    seeds = min(r.get("n_seeds", 1) for r in ok)
+    ahead = [str(r[key]) for r in ok if r is not best and separated(best, r, metric) == 1]
+    tied = [str(r[key]) for r in ok if r is not best and separated(best, r, metric) == 0]
+    out = [f"Best by {what}: **{best[key]}** ({pm(best, metric)}%)."]
+    if ahead:
+        out.append(f"It is ahead of {', '.join(ahead)}: the intervals separate.")
+    if tied:
+        out.append(f"It is not distinguishable from {', '.join(tied)} at {plural(seeds, 'seed')} "
+                   "(the intervals overlap).")
+    below = [str(r[key]) for r in ok if not above_floor(r, metric)]
+    if below:
+        out.append(f"Not clearly above the random-init floor ({what}): {', '.join(below)}.")
+    else:
+        out.append(f"Every point is above its random-init floor beyond the intervals ({what}).")
+    return " ".join(out)
 
 
 def ablation_columns(axis: str) -> list:
     seconds = lambda v: fmt(v) if is_missing(v) else f"{v:.0f}"  # noqa: E731
-    return result_columns(axis, axis) + [("train_loss", "final loss"), ("wall_clock_s", "train time (s)", seconds)]
+    return [("train_loss", "loss", fmt), ("wall_clock_s", "time (s)", seconds)]
 
 
-def show_ablation(results, axis: str, figures_dir=None, level: int = 3, metric: str = "val_knn", root=".") -> dict:
-    """One ablation axis: a heading, then per sweep that varied it a table and a plot (saved as
-    figures_dir/ablation_<axis>_<sweep>.png). An axis nobody ran is reported as "not run".
-    Returns {sweep: {"values": [...], "best": value by `metric`, "best_<metric>": ..., "failed": n}}
-    or {} when not run."""
-    meta = course_axes(root).get(axis, {})
-    title = meta.get("title", axis)
-    rows = axis_results(results, axis)
-    show_markdown(f"{'#' * level} {title} (`{axis}`)")
-    if rows is None or len(rows) == 0:
-        how = (f"the course grid {', '.join(map(str, meta['values']))}: `selfsup sweep {meta['file']}`"
-               if meta else "run a sweep that varies it")
-        show_markdown(f"**Not run.** No sweep results vary `{axis}` ({how}).")
-        return {}
-    out = {}
-    for name, grp in rows.groupby("sweep", sort=False):
-        records = grp.to_dict("records")
-        show_markdown(f"Sweep `{name}`: {plural(len(records), 'point')}.\n\n"
-                      + markdown_table(records, ablation_columns(axis)))
-        ok = [r for r in records if r["status"] == "finished" and not math.isnan(r.get(metric, math.nan))]
-        for r in records:
-            if r["status"] != "finished":
-                show_markdown(f"Point `{r['point']}` {r['status']}: {r.get('error') or 'see its run folder'}")
-        if ok:
-            path = None if figures_dir is None else Path(figures_dir) / f"ablation_{axis}_{name}.png"
-            fig = plots.ablation_plot(ok, axis, title=f"{title} (sweep {name})", path=path)
-            if path is None:
-                show_plot(fig)
-            else:
-                show_figure(path)
-            best = max(ok, key=lambda r: r[metric])
-            out[name] = {"values": [r[axis] for r in records], "best": best[axis], f"best_{metric}": best[metric],
-                         "failed": len(records) - len(ok)}
-        else:
-            out[name] = {"values": [r[axis] for r in records], "best": None, "failed": len(records)}
+def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, metric: str = "val_knn",
+                   root=".") -> dict:
+    """The ablation axes in order: per axis that a sweep varied, a heading, then per sweep a table
+    (mean ± interval over seeds), what it shows (findings) and a plot with interval bands (saved
+    as figures_dir/ablation_<axis>_<sweep>.png); the axes nobody ran are listed in one paragraph
+    at the end with the command that runs them. Returns {axis: {sweep: {...}}} for the run ones."""
+    course = course_axes(root)
+    out, not_run = {}, []
+    for axis in axes:
+        rows = axis_results(results, axis)
+        if rows is None or len(rows) == 0:
+            not_run.append(axis)
+            continue
+        title = course.get(axis, {}).get("title", axis)
+        show_markdown(f"{'#' * level} {title} (`{axis}`)")
+        out[axis] = {}
+        for name, grp in rows.groupby("sweep", sort=False):
+            points = summarise(grp, keys=[axis])
+            show_markdown(f"Sweep `{name}`: {plural(len(points), 'point')}.\n\n"
+                          + summary_table(points, axis, axis, linear=False, extra=ablation_columns(axis))
+                          + "\n\n" + findings(points, axis, metric))
+            for r in points:
+                if r["status"] != "finished":
+                    show_markdown(f"Point `{r['point']}` {r['status']}: {r.get('error') or 'see its run folder'}")
+            ok = [r for r in points if r["n_seeds"] and not is_missing(r.get(metric))]
+            best = max(ok, key=lambda r: r[metric]) if ok else None
+            if ok:
+                path = None if figures_dir is None else Path(figures_dir) / f"ablation_{axis}_{name}.png"
+                fig = plots.ablation_plot(ok, axis, title=f"{title} (sweep {name})", path=path)
+                if path is None:
+                    show_plot(fig)
+                else:
+                    show_figure(path, f"{title}: mean and 95% interval band.")
+            out[axis][name] = {"values": [r[axis] for r in points], "best": best[axis] if best else None,
+                               f"best_{metric}": best[metric] if best else None,
+                               "failed": sum(r["status"] != "finished" for r in points)}
+    if not_run:
+        how = [f"{course[a]['title'].lower()} (`selfsup sweep {course[a]['file']}`)" if a in course else f"`{a}`"
+               for a in not_run]
+        show_markdown(f"**Not run here:** {', '.join(how)}.")
     return out
-
-

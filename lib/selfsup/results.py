@@ -1,9 +1,16 @@
-"""Sweep results: one row per run (results.csv), read back into tables for notebooks 01, 02 and 05.
+"""Sweep results: one row per run (results.csv), one row per point over its seeds (summary.csv),
+read back into tables for notebooks 01, 02 and 05.
 
     run_summary(run_dir)        -> the headline numbers of one run folder
-    load_results("demo")        -> runs/demo/results.csv as a DataFrame
+    load_results("demo")        -> runs/demo/results.csv as a DataFrame (one row per seed)
+    summarise(rows)             -> one row per point: mean, std, 95% interval over seeds, and the
+                                   binomial interval of a single run on that val / OOD size
     collect_results("runs")     -> every sweep's table in one DataFrame
     axis_results(df, "lr")      -> the rows that vary one axis, in its order
+    separated(a, b, "val_knn")  -> +1 / -1 when the intervals of two points separate, else 0
+
+The interval shown for a point (`<metric>_interval`) is the 95% t-interval over its seeds when
+it has two or more, else the 95% Wilson interval of one run's accuracy on n_val (n_ood) images.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ RESULTS = "results.csv"
 ACCURACY_COLUMNS = ("val_knn", "ood_knn", "val_knn_weighted", "ood_knn_weighted", "val_linear", "ood_linear",
                     "random_init_val_knn", "random_init_ood_knn", "random_init_val_linear",
                     "random_init_ood_linear")
-RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "wall_clock_s", "config_hash",
-                  "run_dir", "error")
+RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "n_val", "n_ood", "wall_clock_s",
+                  "config_hash", "run_dir", "error")
+SUMMARY = "summary.csv"
+Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
 
 def run_summary(run_dir: str | Path) -> dict:
     """Headline numbers of one run folder (selfsup.runs.Run.headline); missing -> NaN.
@@ -35,8 +44,86 @@ def run_summary(run_dir: str | Path) -> dict:
             "config_hash": h.get("config_hash", "")}
 
 
-def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
-    columns = ["point", "axes", *keys, *RESULT_COLUMNS]
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, sample std, half-width of the 95% t-interval of the mean); NaN where undefined."""
+    from scipy import stats
+
+    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
+    if not v:
+        return math.nan, math.nan, math.nan
+    n, mean = len(v), sum(v) / len(v)
+    if n < 2:
+        return mean, math.nan, math.nan
+    std = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    return mean, std, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
+def binomial_interval(p: float, n) -> float:
+    """Half-width of the 95% Wilson score interval of an accuracy p measured on n images."""
+    try:
+        n = float(n)
+    except (TypeError, ValueError):
+        return math.nan
+    if not (math.isfinite(p) and math.isfinite(n) and n > 0):
+        return math.nan
+    z2 = Z95 ** 2
+    return Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+
+
+def _size_key(metric: str) -> str:
+    return "n_ood" if "ood_" in metric else "n_val"
+
+
+def summarise(rows, keys=()) -> list[dict]:
+    """One row per point (the `point` column, in first-seen order) over its runs (seeds): the
+    point's columns (axes, `keys`), n_seeds, seeds, status ("finished" or "k/n finished"), and per
+    accuracy metric its mean over finished runs, `_std`, `_ci95` (t-interval half-width, 2+ seeds),
+    `_binom95` (Wilson half-width of one run at the mean), `_interval` (the one to show)."""
+    if hasattr(rows, "to_dict"):
+        rows = rows.to_dict("records")
+    points: dict = {}
+    for r in rows:
+        points.setdefault(r["point"], []).append(r)
+    out = []
+    for point, runs in points.items():
+        done = [r for r in runs if r.get("status") == "finished"]
+        first = runs[0]
+        row = {"point": point, "axes": first.get("axes", ""), **{k: first.get(k) for k in keys},
+               "sweep": first.get("sweep", ""), "n_seeds": len(done),
+               "seeds": "|".join(str(r.get("seed", "")) for r in done),
+               "status": "finished" if len(done) == len(runs) else f"{len(done)}/{len(runs)} finished",
+               "epochs": max((r.get("epochs", 0) for r in done), default=0),
+               "error": next((r.get("error") for r in runs if r.get("error")), "")}
+        for m in (*ACCURACY_COLUMNS, "train_loss", "wall_clock_s"):
+            mean, std, ci = t_interval([r.get(m) for r in done])
+            row.update({m: mean, f"{m}_std": std, f"{m}_ci95": ci})
+            if m in ACCURACY_COLUMNS:
+                sizes = [r.get(_size_key(m)) for r in done]
+                binom = binomial_interval(mean, sizes[0] if sizes else math.nan)
+                row.update({f"{m}_binom95": binom, f"{m}_interval": ci if len(done) >= 2 else binom})
+        out.append(row)
+    return out
+
+
+def separated(a: dict, b: dict, metric: str) -> int:
+    """+1 when point a's interval lies wholly above b's, -1 when wholly below, 0 when they overlap
+    (or either is missing): the rule by which the report states a difference as a finding."""
+    lo = lambda r: r.get(metric, math.nan) - r.get(f"{metric}_interval", math.nan)  # noqa: E731
+    hi = lambda r: r.get(metric, math.nan) + r.get(f"{metric}_interval", math.nan)  # noqa: E731
+    if lo(a) > hi(b):
+        return 1
+    if hi(a) < lo(b):
+        return -1
+    return 0
+
+
+def above_floor(row: dict, metric: str = "val_knn") -> bool:
+    """The point's interval lies wholly above its random-init floor's interval."""
+    return separated(row, {k.replace(f"random_init_{metric}", metric): v for k, v in row.items()
+                           if k.startswith(f"random_init_{metric}")}, metric) == 1
+
+
+def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -45,6 +132,14 @@ def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
             w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, ""))
                         for k in columns})
     os.replace(tmp, path)
+
+
+def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
+    """results.csv (one row per run) and, beside it, summary.csv (one row per point)."""
+    _write_csv(rows, ["point", "seed", "axes", *keys, *RESULT_COLUMNS], path)
+    stats = [f"{m}{suffix}" for m in ACCURACY_COLUMNS for suffix in ("", "_std", "_ci95", "_binom95", "_interval")]
+    _write_csv(summarise(rows, keys), ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats,
+                                       "train_loss", "wall_clock_s", "error"], path.parent / SUMMARY)
     return path
 
 
@@ -68,7 +163,7 @@ def load_results(name_or_csv: str | Path, runs_root: str | Path = "runs"):
     path = results_path(name_or_csv, runs_root)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep results (run `selfsup sweep` first)")
-    text_columns = ("point", "axes", "status", "config_hash", "run_dir", "error")
+    text_columns = ("point", "axes", "status", "config_hash", "run_dir", "error")  # seed: a number
     df = pd.read_csv(path, dtype={c: str for c in text_columns})
     for c in text_columns:
         df[c] = df[c].fillna("")

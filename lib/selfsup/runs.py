@@ -25,7 +25,9 @@ import contextlib
 import fcntl
 import json
 import os
+import pickle
 import platform
+import re
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,7 +90,7 @@ def environment(device: torch.device, processes: int = 1) -> dict:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal colour codes in a message
     return text.splitlines()[0] if text else type(e).__name__
 
 
@@ -221,7 +223,10 @@ class Run:
             raise RunError(f"{path}: no checkpoint to resume from")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - unpickling refused, truncated file, not a zip ...
+        except pickle.UnpicklingError:  # weights_only refused an object: never unpickled, never run
+            raise RunError(f"{path}: not a readable selfsup checkpoint (it holds objects other than tensors and "
+                           "plain data, which selfsup never loads: a crafted or foreign file)") from None
+        except Exception as e:  # noqa: BLE001 - truncated file, not a zip archive, ...
             raise RunError(f"{path}: not a readable selfsup checkpoint ({_first_line(e)})") from None
         if not isinstance(state, dict) or not {"model", "epoch", "config_hash"} <= set(state):
             raise RunError(f"{path}: not a selfsup checkpoint (expected model, epoch and config_hash)")
@@ -252,19 +257,23 @@ class Run:
             torch.manual_seed(cfg.seed)
             model = build_method(cfg)
         try:
-            model.encoder.load_state_dict(load_file(str(enc_path)))
-        except (RuntimeError, OSError, SafetensorError) as e:
+            tensors = load_file(str(enc_path))
+        except (OSError, SafetensorError) as e:
+            raise RunError(f"{enc_path}: not a readable safetensors file ({_first_line(e)})") from None
+        try:
+            model.encoder.load_state_dict(tensors)
+        except RuntimeError as e:
             raise RunError(f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json "
                            f"({_first_line(e)})") from None
         model.projector_trained = False
         if self.has_checkpoint():
+            state = self.load_checkpoint()["model"]  # an unreadable or unsafe file: a one-line RunError
+            proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
             try:
-                state = self.load_checkpoint()["model"]
-                proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
                 model.projector.load_state_dict(proj)
                 model.projector_trained = True
-            except (RunError, RuntimeError, KeyError):
-                pass  # an old or partial checkpoint: the protocol table gets backbone rows only
+            except RuntimeError:
+                pass  # a projector of another shape: the protocol table gets backbone rows only
         return cfg, model.to(device)
 
     def random_init(self, cfg: Config) -> torch.nn.Module:
@@ -345,9 +354,11 @@ class Run:
         self.file(ERROR).unlink(missing_ok=True)
 
     def headline(self) -> dict:
-        """status, epochs, train_loss, wall_clock_s, config_hash and eval.json's summary."""
-        info, metrics = self.info(), self.metrics()
+        """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes
+        of the sets it scored (n_val, n_ood: what a single run's binomial interval needs)."""
+        info, metrics, ev = self.info(), self.metrics(), self.eval()
+        sizes = {f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan")) for s in ("val", "ood")}
         return dict(status=info.get("status", "missing"), epochs=len(metrics),
                     train_loss=metrics[-1]["train_loss"] if metrics else float("nan"),
                     wall_clock_s=info.get("wall_clock_s", float("nan")), config_hash=info.get("config_hash", ""),
-                    **self.eval().get("summary", {}))
+                    **sizes, **ev.get("summary", {}))

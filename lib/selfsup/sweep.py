@@ -15,13 +15,16 @@ normally the repository root):
       optimizer: [adam, adamw]
     points:                           # ... and/or explicit points (each a dict of overrides)
       - {method: byol, lr: 0.001}
+    seeds: 3                          # each point trained with seeds 0, 1, 2 (or a list [0, 5, 7]);
+                                      # default: the preset's `seeds`, else one run at its `seed`
     parameters: {}                    # extra papermill parameters for the notebook (optional)
 
 The points are the union of the three lists; points that resolve to the same config (say
 `temperature: 0.1` in `axes` when the base already has 0.1) run once and belong to every axis
 they came from (the `axes` column of the table). Each point runs in `runs/<name>/<slug>/`
 (slug: `temperature-0.05`, `optimizer-adam`, or `base`), which holds the run files, the
-executed notebook and, when it failed, `error.txt`.
+executed notebook and, when it failed, `error.txt`; with seeds, each seed of a point is its own
+run in `runs/<name>/<slug>/seed-<s>/`, resumed and retried on its own.
 
 Resuming: a point is done when its run.json says "finished" with the point's config hash
 (and eval.json exists when `evaluate` is on); an unfinished run of the same config continues
@@ -52,7 +55,7 @@ from .runs import Run, RunError, write_json
 from .workbook import execute_notebook
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
-SWEEP_KEYS = ("name", "title", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
+SWEEP_KEYS = ("name", "title", "seeds", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
               "parameters")
 # The course report's ablation sweeps, in the report's order: configs/sweeps/course_<stem>.yaml.
 # Their axes, values and titles are read from the files (course_axes), the one source.
@@ -82,10 +85,12 @@ class Point:
 
     overrides: dict
     axes: list[str]
-    slug: str = ""
+    slug: str = ""  # the run's folder under the sweep: the point's name (+ /seed-<s>)
     cfg: config.Config | None = None
     error: str = ""
     run_dir: Path = field(default_factory=Path)
+    point: str = ""  # the point's name, shared by its seeds
+    seed: int | None = None  # set when the sweep has seeds
 
 
 @dataclass
@@ -170,8 +175,21 @@ def _resolve(candidates: list[Point], preset: Path, fixed: dict, root: Path) -> 
         if p.slug in slugs:  # e.g. 0.1 and "0.1" that resolve differently; keep folders distinct
             p.slug += f"_{p.cfg.hash() if p.cfg else len(slugs)}"
         slugs.add(p.slug)
-        p.run_dir = root / p.slug
+        p.run_dir, p.point = root / p.slug, p.slug
     return out, keys
+
+
+def _with_seeds(points: list[Point], seeds: list[int] | None) -> list[Point]:
+    """Each point once per seed, in its own folder <slug>/seed-<s> (None: the points as they are)."""
+    if seeds is None:
+        return points
+    out = []
+    for p in points:
+        for s in seeds:
+            cfg = p.cfg.replace(seed=s) if p.cfg is not None else None
+            out.append(Point(overrides={**p.overrides, "seed": s}, axes=p.axes, slug=f"{p.slug}/seed-{s}", cfg=cfg,
+                             error=p.error, run_dir=p.run_dir / f"seed-{s}", point=p.slug, seed=s))
+    return out
 
 
 def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_root: str | Path = "runs") -> Sweep:
@@ -237,6 +255,8 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         raise ConfigError(f"{source}: no points: give at least one of 'grid', 'axes' or 'points'")
 
     out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
+    seeds = config.parse_seeds(spec["seeds"], source) if "seeds" in spec else config.preset_seeds(preset)
+    out = _with_seeds(out, seeds)
     return Sweep(name=name, notebook=notebook, preset=preset, data=Path(data), evaluate=evaluate,
                  overrides=fixed, parameters=parameters, points=out, keys=keys, source=source)
 
@@ -400,7 +420,7 @@ def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
             manager.shutdown()
 
     rows = [result_row(p, sweep, outcomes.get(p.slug)) for p in sweep.points]
-    table = write_results(rows, sweep.keys, root / RESULTS)
+    table = write_results(rows, sweep.keys, root / RESULTS)  # + summary.csv: one row per point
     failed = sum(r["status"] != "finished" for r in rows)
     _log(progress, f"[{sweep.name}] results: {table} ({len(rows) - failed} finished, {failed} failed)")
     return table
@@ -422,7 +442,7 @@ def _write_definition(sweep: Sweep, root: Path) -> None:
     """runs/<name>/sweep.json: the resolved sweep, so the results folder describes itself."""
     d = dict(name=sweep.name, source=sweep.source, notebook=str(sweep.notebook), preset=str(sweep.preset),
              data=str(sweep.data), evaluate=sweep.evaluate, overrides=sweep.overrides, keys=sweep.keys,
-             points=[dict(slug=p.slug, overrides=p.overrides, axes=p.axes,
+             points=[dict(slug=p.slug, point=p.point, seed=p.seed, overrides=p.overrides, axes=p.axes,
                           config_hash=p.cfg.hash() if p.cfg else None) for p in sweep.points])
     write_json(root / DEFINITION, d)
 
@@ -432,7 +452,8 @@ def _write_definition(sweep: Sweep, root: Path) -> None:
 
 
 def result_row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
-    row = {"point": p.slug, "axes": "|".join(p.axes)}
+    row = {"point": p.point or p.slug, "seed": p.seed if p.seed is not None else (p.cfg.seed if p.cfg else ""),
+           "axes": "|".join(p.axes)}
     resolved = p.cfg.to_dict() if p.cfg else {**sweep.overrides, **p.overrides}
     for k in sweep.keys:
         row[k] = resolved.get(k, "")

@@ -30,6 +30,10 @@ class ToolMissing(FileNotFoundError):
     """An external program the export needs (xelatex, pandoc) is not installed."""
 
 
+class NotebookFailed(RuntimeError):
+    """A cell of an executed notebook raised; the message is its error in one line."""
+
+
 def find_root(root=None) -> Path:
     """The repository root: `root` when given (relative to the current directory), else the
     current directory or the nearest parent holding configs/ and notebooks/ -- so a notebook runs
@@ -79,8 +83,14 @@ def export(notebook, out_dir, parameters: dict | None = None, progress: bool = T
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "report.ipynb"
     # cwd = the notebook's folder: the notebook finds the repository root from there.
-    execute_notebook(notebook, executed, dict(parameters or {}), cwd=notebook.resolve().parent,
-                           progress=progress)
+    try:
+        execute_notebook(notebook, executed, dict(parameters or {}), cwd=notebook.resolve().parent,
+                         progress=progress)
+    except Exception as e:
+        if not getattr(e, "ename", None):  # not a cell's error (papermill's PapermillExecutionError)
+            raise
+        first = str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ""
+        raise NotebookFailed(f"{notebook}: a cell failed: {e.ename}: {first} (executed copy: {executed})") from None
     nb = prepare_for_export(executed)
     paths = [write_html(nb, out_dir / "report.html"), write_markdown(nb, out_dir / "report.md")]
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]

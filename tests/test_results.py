@@ -1,0 +1,116 @@
+"""Results over seeds: the summary statistics against a hand computation, the report's wording
+following the intervals, and per-seed resume of a real sweep."""
+
+import math
+
+import pytest
+
+from selfsup import report, results, sweep
+from selfsup.runs import Run
+
+from helpers import TINY_PRESET, make_tiny
+
+
+def run_row(point, seed, val, floor=0.2, n_val=100, status="finished", error="", **kw):
+    return dict(point=point, seed=seed, status=status, val_knn=val, random_init_val_knn=floor, n_val=n_val,
+                n_ood=50, ood_knn=val / 2, random_init_ood_knn=floor / 2, epochs=3, train_loss=1.0,
+                wall_clock_s=10.0, error=error, **kw)
+
+
+def test_summary_statistics_by_hand():
+    rows = [run_row("a", s, v, method="simclr") for s, v in zip((0, 1, 2), (0.5, 0.6, 0.7))]
+    (a,) = results.summarise(rows, keys=["method"])
+    assert (a["point"], a["method"], a["n_seeds"], a["seeds"], a["status"]) == ("a", "simclr", 3, "0|1|2", "finished")
+    assert a["val_knn"] == pytest.approx(0.6)
+    assert a["val_knn_std"] == pytest.approx(0.1)  # sqrt(((-.1)^2 + 0 + .1^2) / 2)
+    t = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
+    assert a["val_knn_ci95"] == pytest.approx(t * 0.1 / math.sqrt(3))
+    assert a["val_knn_interval"] == a["val_knn_ci95"]
+    # Wilson score interval of one run at p = 0.6 on 100 images, z = 1.96: half-width
+    # z * sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    z = 1.959963984540054
+    wilson = z * math.sqrt(0.24 / 100 + z * z / 40000) / (1 + z * z / 100)
+    assert a["val_knn_binom95"] == pytest.approx(wilson) and wilson == pytest.approx(0.0943, abs=1e-4)
+    assert a["ood_knn_binom95"] == pytest.approx(results.binomial_interval(0.3, 50))  # OOD: its own size
+
+
+def test_one_seed_uses_the_binomial_interval_and_failures_are_counted():
+    rows = [run_row("b", 0, 0.6), run_row("b", 1, math.nan, status="failed", error="boom")]
+    (b,) = results.summarise(rows)
+    assert b["n_seeds"] == 1 and b["status"] == "1/2 finished" and b["error"] == "boom"
+    assert math.isnan(b["val_knn_ci95"]) and b["val_knn_interval"] == b["val_knn_binom95"] > 0
+
+
+def summary(point, mean, interval, floor=0.1, floor_interval=0.01, **kw):
+    return dict(point=point, method=point, status="finished", n_seeds=3, val_knn=mean, val_knn_interval=interval,
+                random_init_val_knn=floor, random_init_val_knn_interval=floor_interval, **kw)
+
+
+def test_findings_follow_the_intervals():
+    separate = [summary("simclr", 0.60, 0.02), summary("byol", 0.50, 0.02)]
+    text = report.findings(separate, "method")
+    assert "Best by k-NN on val: **simclr** (60.0 ± 2.0%)" in text
+    assert "ahead of byol: the intervals separate" in text and "not distinguishable" not in text
+    assert "Every point is above its random-init floor" in text
+
+    overlap = [summary("simclr", 0.60, 0.06), summary("byol", 0.55, 0.06)]
+    text = report.findings(overlap, "method")
+    assert "not distinguishable from byol at 3 seeds" in text and "ahead of" not in text
+
+    at_floor = [summary("simclr", 0.60, 0.02), summary("barlow", 0.12, 0.03)]
+    assert "Not clearly above the random-init floor (k-NN on val): barlow." in report.findings(at_floor, "method")
+    assert results.separated(separate[0], separate[1], "val_knn") == 1
+    assert results.separated(separate[1], separate[0], "val_knn") == -1
+    assert results.separated(overlap[0], overlap[1], "val_knn") == 0
+
+
+def test_summary_table_shows_plus_minus_and_floor():
+    md = report.summary_table([summary("simclr", 0.6, 0.02, ood_knn=0.4, ood_knn_interval=0.05)], "method", "method",
+                              linear=False)
+    assert md.splitlines()[0] == "| method | seeds | k-NN val | floor | k-NN OOD | floor |"
+    assert "| simclr | 3 | 60.0 ± 2.0 | 10.0 ± 1.0 | 40.0 ± 5.0 | n/a |" in md
+
+
+def test_seeds_are_read_from_the_sweep_or_the_preset(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("method: simclr\nseeds: 2\n")
+    s = sweep.load_sweep(dict(name="x", preset=str(preset), data="d", axes={"temperature": [0.1, 0.5]}))
+    assert [(p.point, p.seed, p.cfg.seed) for p in s.points] == [
+        ("temperature-0.1", 0, 0), ("temperature-0.1", 1, 1), ("temperature-0.5", 0, 0), ("temperature-0.5", 1, 1)]
+    assert s.points[1].run_dir.parts[-2:] == ("temperature-0.1", "seed-1")
+    s = sweep.load_sweep(dict(name="x", preset=str(preset), data="d", seeds=[3, 7], axes={"temperature": [0.1]}))
+    assert [p.seed for p in s.points] == [3, 7]
+    for bad in (0, [1, 1], "three", [-1]):
+        with pytest.raises(sweep.ConfigError, match="key 'seeds'"):
+            sweep.load_sweep(dict(name="x", preset=str(preset), data="d", seeds=bad, axes={"temperature": [0.1]}))
+
+
+def test_each_seed_resumes_on_its_own(tmp_path, monkeypatch):
+    """A finished seed is skipped (files untouched); a failed seed is retried."""
+    import yaml
+
+    from test_sweep import REPO
+
+    monkeypatch.chdir(REPO)
+    data = make_tiny(tmp_path / "data")
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump(TINY_PRESET))
+    spec = dict(name="seeds", preset=str(preset), data=str(data), seeds=2, points=[{"lr": 0.002}],
+                parameters={"eval_options": {"table": False, "linear": False}, "progress": False})
+    runs = tmp_path / "runs"
+    sweep.run_sweep(spec, runs_root=runs, progress=False)
+    seed0, seed1 = runs / "seeds" / "lr-0.002" / "seed-0", runs / "seeds" / "lr-0.002" / "seed-1"
+    assert Run(seed0).status == Run(seed1).status == "finished"
+    assert Run(seed0).config().seed == 0 and Run(seed1).config().seed == 1
+    # seed 1 failed: its folder holds only the failure (as a failing notebook leaves it)
+    for f in seed1.iterdir():
+        f.unlink()
+    Run(seed1).write_error("RuntimeError: simulated failure")
+    watched = {f: f.stat().st_mtime_ns for f in seed0.iterdir() if f.is_file()}
+    table = sweep.run_sweep(spec, runs_root=runs, progress=False)
+    assert {f: f.stat().st_mtime_ns for f in watched} == watched  # seed 0 untouched
+    rows = results.load_results(table).to_dict("records")
+    assert [(r["seed"], r["status"]) for r in rows] == [(0, "finished"), (1, "finished")]
+    (point,) = results.summarise(rows)
+    assert point["n_seeds"] == 2 and point["val_knn_ci95"] >= 0
+    assert (runs / "seeds" / results.SUMMARY).is_file()
