@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 RECIPES = ("simclr", "asymmetric")
 CHOICES = {"method": METHODS, "backbone": BACKBONES, "stem": STEMS, "optimizer": OPTIMIZERS,
            "recipe": RECIPES + ("",), "precision": ("auto", "bf16", "fp16", "fp32"),
-           "channels_last": ("auto", "on", "off")}
+           "channels_last": ("auto", "on", "off"), "fused": ("auto", "on", "off")}
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,7 @@ class _Settings:
     precision: str = "auto"  # auto = bf16 on cuda where supported (else fp16), fp32 on cpu
     compile: bool = False
     channels_last: str = "auto"  # auto = on cuda
+    fused: str = "auto"  # fused optimizer kernels (SGD, Adam, AdamW); auto = on cuda
     sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch
     deterministic: bool = False  # cuDNN deterministic + torch.use_deterministic_algorithms (GPU exact resume)
     # --- monitoring ---

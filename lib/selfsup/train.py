@@ -104,7 +104,8 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    fused = dict(fused=True) if params and params[0].is_cuda else {}
+    on_cuda = bool(params) and params[0].is_cuda
+    fused = dict(fused=True) if cfg.fused == "on" or (cfg.fused == "auto" and on_cuda) else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
     if cfg.optimizer == "lars":
@@ -432,7 +433,7 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
         finished = end_epoch == cfg.epochs
         if finished and lead:
             run.save_encoder(s.model.encoder)
-    except (RunError, ValueError, OSError) as e:
+    except Exception as e:  # any failure: run.json says so (then the error goes on up)
         bar.close()
         if lead:
             _mark_failed(run, run_info, e)
