@@ -44,15 +44,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 
 from selfsup import augment, pixels
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
-from selfsup.methods import build_method
-from selfsup.train import (amp_dtype, as_channels_last, images_to_device, make_optimizer, optimisation_step,
-                           use_channels_last)
+from selfsup import train
+from selfsup.runs import environment as run_environment
+from selfsup.train import images_to_device
 
 try:
     import psutil
@@ -268,26 +267,22 @@ def summarise(runs: dict) -> dict:
     return out
 
 
-def train_step(cfg, batches, device, total_steps, seed=0):
-    """A function doing one optimisation step per call, as selfsup.train's loop does:
-    the library's method, optimizer, precision and memory format; BYOL's EMA target update."""
-    torch.manual_seed(seed)  # the same initial weights for both pipelines
-    model = build_method(cfg).to(device)
-    channels_last = use_channels_last(cfg, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(cfg, model)
-    loss_fn = torch.compile(model.loss) if cfg.compile else model.loss
-    amp = amp_dtype(cfg, device)
-    model.train()
+def train_step(cfg, batches, device, n_images):
+    """A function doing one optimisation step per call with what the training loop builds
+    (selfsup.train.build: method seeded with cfg.seed, optimizer, schedule, precision, memory
+    format, compile with its fallback) and steps (Setup.step, then the schedule and BYOL's EMA
+    target): the benchmark times the loop's own step."""
+    s = train.build(cfg, n_images, device)
+    s.model.train()
     done = 0
 
     def step():
         nonlocal done
-        views = next(batches)
-        optimisation_step(loss_fn, opt, *(as_channels_last(*views) if channels_last else views), amp)
+        v1, v2 = next(batches)
+        s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
+        s.sched.step()
         done += 1
-        model.step_target(done / total_steps)
+        s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
 
     return step
 
@@ -297,14 +292,13 @@ def train_step(cfg, batches, device, total_steps, seed=0):
 
 
 def environment(device) -> dict:
+    """The run record's environment (selfsup.runs.environment: versions, device, threads) plus
+    what a speed number needs beside it: date, processor, cores, load and peak memory."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    info = dict(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu, cores=cores(),
-                torch_threads=torch.get_num_threads(), torch=torch.__version__, torchvision=torchvision.__version__,
-                python=platform.python_version(), device=str(device))
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+    info = dict(run_environment(device), date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu,
+                cores=cores())
     # ru_maxrss: kilobytes on Linux; the lifetime peak of this process (children separately).
     # Other jobs on the same cores move wall-clock numbers: record how busy the machine was.
     info["load_average_1_5_15min"] = os.getloadavg()
@@ -316,7 +310,7 @@ def environment(device) -> dict:
 def print_table(results: dict, env: dict, setup: dict) -> None:
     gpu = f" ({env['gpu']})" if "gpu" in env else ""
     print(f"\n{env['date']}  torch {env['torch']}  torchvision {env['torchvision']}  device {env['device']}{gpu}"
-          f"  CPU {env['cpu']} x{env['cores']}  torch threads {env['torch_threads']}"
+          f"  CPU {env['cpu']} x{env['cores']}  torch threads {env['threads']}"
           f"  load avg {' '.join(f'{x:.1f}' for x in env['load_average_1_5_15min'])}")
     print(", ".join(f"{k}={v}" for k, v in setup.items()))
     cuda = env["device"].startswith("cuda")
@@ -400,7 +394,7 @@ def main(argv=None):
         raise SystemExit(f"throughput.py: {e}") from None
     cfg = Config(method=args.method, recipe=args.recipe or "", backbone=args.backbone, stem=args.stem,
                  batch_size=args.batch, image_size=args.image_size, precision=args.precision,
-                 compile=args.compile, device=str(device))
+                 compile=args.compile, device=str(device), epochs=1, warmup_epochs=0)
     aug = augment.TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
     resident = images_to_device(images, device)  # (N, 3, H, W) uint8; never float as a whole
     setup = dict(method=cfg.method, recipe=cfg.aug_recipe, backbone=cfg.backbone, stem=cfg.stem,
@@ -432,7 +426,7 @@ def main(argv=None):
                 if phase == "aug":
                     step = functools.partial(next, batches)
                 else:
-                    step = train_step(cfg, batches, device, args.warmup_steps + args.steps)
+                    step = train_step(cfg, batches, device, len(images))
                 runs[name].append(measure(step, args.steps, args.warmup_steps, args.batch, device))
                 batches.close()  # ends the DataLoader iterator and its workers
                 results[phase] = summarise(runs)
