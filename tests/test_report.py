@@ -91,7 +91,7 @@ def test_helpers(tmp_path, monkeypatch):
     assert display.plural(1, "epoch") == "1 epoch" and display.plural(15, "epoch") == "15 epochs"
     assert display.duration(42) == "42 s" and display.duration(754) == "12.6 min"
     table = display.markdown_table([dict(a="x|y", b=0.5)], [("a", "A"), ("b", "B", display.pct)])
-    assert table.splitlines() == ["| A | B |", "|---|---|", "| x\\|y | 50.0% |"]
+    assert table.splitlines() == ["| A | B |", "|----|-----|", "| x\\|y | 50.0% |"]  # dashes: column widths
 
     monkeypatch.chdir(REPO / "notebooks")
     assert workbook.find_root() == REPO

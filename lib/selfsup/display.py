@@ -58,9 +58,13 @@ def markdown_table(rows, columns) -> str:
         rows = rows.to_dict("records")
     cols = [(c[0], c[1], c[2] if len(c) > 2 else fmt) for c in columns]
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(esc(f(r.get(k))) for k, _, f in cols) + " |")
+    cells = [[esc(f(r.get(k))) for k, _, f in cols] for r in rows]
+    # The separator's dashes set the column widths when pandoc (the PDF export) wraps a wide table:
+    # each column gets room for its longest cell and its header's longest word, so words stay whole.
+    widths = [max([3, *(len(w) for w in esc(h).split()), *(len(row[i]) for row in cells)])
+              for i, (_, h, _) in enumerate(cols)]
+    lines = ["| " + " | ".join(esc(h) for _, h, _ in cols) + " |", "|" + "|".join("-" * w for w in widths) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
 
 
@@ -93,7 +97,8 @@ def show_figure(path, caption: str | None = None, width: int | None = None) -> N
 
     path = Path(path)
     # top-level output metadata "filename": nbconvert's ExtractOutputPreprocessor names the file by it
-    display(Image(filename=str(path), width=width), metadata={"filename": path.name})
+    # and "alt": the caption, which the HTML export gives the image as its alternative text
+    display(Image(filename=str(path), width=width), metadata={"filename": path.name, "alt": caption or path.stem})
     if caption:
         show_markdown(f"*{caption}*")
 
@@ -127,6 +132,6 @@ def show_plot(fig, caption: str | None = None) -> None:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    display(Image(data=buf.getvalue()))
+    display(Image(data=buf.getvalue()), metadata={"alt": caption or "figure"})
     if caption:
         show_markdown(f"*{caption}*")

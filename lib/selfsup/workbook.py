@@ -13,6 +13,7 @@ is lost; its CSS and its images are inlined, so report.html is one self-containe
 from __future__ import annotations
 
 import copy
+import html
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +24,21 @@ _OFFLINE_HTML = """{%- extends 'index.html.j2' -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 {%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+# nbconvert's LaTeX template, set for a report: a heading is never left at the foot of a page away
+# from the table or figure under it (needspace), tables in a smaller font, and figures at text width.
+_REPORT_TEX = r"""((*- extends 'index.tex.j2' -*))
+((* block packages *))
+((( super() )))
+\usepackage{needspace}
+\usepackage{etoolbox}
+\pretocmd{\section}{\Needspace{14\baselineskip}}{}{}
+\pretocmd{\subsection}{\Needspace{14\baselineskip}}{}{}
+\pretocmd{\subsubsection}{\Needspace{12\baselineskip}}{}{}
+\AtBeginEnvironment{longtable}{\small}
+((* endblock packages *))
 """
 
 
@@ -153,6 +169,11 @@ def write_html(nb, path: Path) -> Path:
                             extra_loaders=[DictLoader({"selfsup_offline.html.j2": _OFFLINE_HTML})],
                             template_file="selfsup_offline.html.j2")
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    # nbconvert gives every image the same placeholder alt text; ours carry their captions (in order)
+    alts = iter([o.get("metadata", {}).get("alt") or "figure" for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []) if "image/png" in o.get("data", {})])
+    body = re.sub(r'alt="No description has been provided for this image"',
+                  lambda _: f'alt="{html.escape(next(alts, "figure"), quote=True)}"', body)
     path.write_text(body, encoding="utf-8")
     return path
 
@@ -180,7 +201,10 @@ def write_pdf(nb, path: Path) -> Path:
     """The PDF through nbconvert's LaTeX template and XeLaTeX (no network needed)."""
     from nbconvert import PDFExporter  # nbconvert: imported by the export only
 
-    exporter = PDFExporter(**_exporter_options())
+    from jinja2 import DictLoader
+
+    exporter = PDFExporter(**_exporter_options(), extra_loaders=[DictLoader({"selfsup_report.tex.j2": _REPORT_TEX})],
+                           template_file="selfsup_report.tex.j2")
     body, _ = exporter.from_notebook_node(for_latex(nb), resources={"metadata": {"name": path.stem}})
     path.write_bytes(body)
     return path
