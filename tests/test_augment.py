@@ -3,6 +3,7 @@ distributions against torchvision's samplers, and each op against
 torchvision.transforms.v2.functional on the same parameters."""
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -289,9 +290,9 @@ def test_blur_and_solarize_touch_only_flagged_images(subset, monkeypatch):
     x = smooth_images(batch=6)
     flags = torch.tensor([True, False, True, False, False, True])
     sigma = torch.full((6,), 1.5)
-    blurred = P.blur_subset(x.clone(), flags, sigma, 7)
+    blurred = P.apply_drawn(x.clone(), flags, None, functools.partial(P.gaussian_blur, kernel_size=7), sigma)
     assert torch.equal(blurred[~flags], x[~flags]) and not torch.equal(blurred[flags], x[flags])
-    solarized = P.solarize_subset(x.clone(), flags)
+    solarized = P.apply_drawn(x.clone(), flags, None, P.solarize)
     assert torch.equal(solarized[~flags], x[~flags])
     torch.testing.assert_close(solarized[flags], TF.solarize(x[flags], 0.5), atol=0, rtol=0)
 

@@ -135,3 +135,11 @@ def test_help_says_what_src_may_be_and_what_dest_gets(capsys, command, fragments
     assert exit_.value.code == 0
     missing = [f for f in fragments if f not in out]
     assert not missing, out
+
+
+def test_data_classes_lists_what_a_tree_offers(tmp_path, capsys):
+    from image_trees import make_tree
+
+    src = make_tree(tmp_path / "tree", {"train": {"cat": 3, "dog": 3}, "test": {"cat": 2, "dog": 2}})
+    assert cli.main(["data", "classes", str(src)]) == 0
+    assert capsys.readouterr().out.split() == ["cat", "dog"]

@@ -45,6 +45,8 @@ def _data(args):
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "info":
         print(data.describe(data.load_dataset(args.dir)))
+    elif args.data_cmd == "classes":  # what --id-classes / --ood-classes may name
+        print("\n".join(imagefolder.list_classes(args.src)))
 
 
 def _train(args):
@@ -146,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else the user cache folder)")
     info = dsub.add_parser("info", help="validate a dataset folder and summarise it")
     info.add_argument("dir")
+    classes = dsub.add_parser("classes", help="list the class ids an image tree offers (for --id-classes)")
+    classes.add_argument("src", help="a folder or .zip: Tiny-ImageNet-200 or an ImageFolder tree")
     d.set_defaults(fn=_data)
 
     t = sub.add_parser("train", help="train one self-supervised run")

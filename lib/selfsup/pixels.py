@@ -277,13 +277,3 @@ def solarize(x, threshold=0.5):
     return torch.where(x >= threshold, 1 - x, x)
 
 
-def blur_subset(x, flags, sigma, kernel_size, p=None):
-    """Blur in place the images of x (B, C, H, W) where flags (B,) is True (drawn with probability p)."""
-    return apply_drawn(x, flags, p, functools.partial(gaussian_blur, kernel_size=kernel_size), sigma)
-
-
-def solarize_subset(x, flags, threshold=0.5, p=None):
-    """In place on the images of x (B, C, H, W) in [0, 1] where flags: v -> 1 - v for v >= threshold."""
-    return apply_drawn(x, flags, p, functools.partial(solarize, threshold=threshold))
-
-
