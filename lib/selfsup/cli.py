@@ -95,10 +95,8 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _data_parser(sub) -> None:
+    """`selfsup data ...`: demo, convert, download, info, classes."""
     d = sub.add_parser("data", help="make, convert and inspect datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     demo = dsub.add_parser("demo", help="generate the synthetic demo dataset (seconds)")
@@ -151,6 +149,12 @@ def parser() -> argparse.ArgumentParser:
     classes = dsub.add_parser("classes", help="list the class ids an image tree offers (for --id-classes)")
     classes.add_argument("src", help="a folder or .zip: Tiny-ImageNet-200 or an ImageFolder tree")
     d.set_defaults(fn=_data)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _data_parser(sub)
 
     t = sub.add_parser("train", help="train one self-supervised run")
     t.add_argument("--config", required=True, help="a preset YAML, e.g. configs/demo.yaml")
