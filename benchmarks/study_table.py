@@ -17,8 +17,7 @@ def main(argv=None) -> None:
     p.add_argument("sweep", help="a sweep folder (with results.csv), e.g. runs/tin10_study")
     args = p.parse_args(argv)
     table = results.load_results(args.sweep)
-    for axis in [a for a in ("method", "temperature", "optimizer", "lr", "batch_size", "backbone", "epochs")
-                 if a in table.columns]:
+    for axis in dict.fromkeys(a for axes in table["axes"] for a in axes):  # the swept axes, in order
         rows = results.summarise(results.axis_results(table, axis), keys=[axis])
         print(f"\n#### {axis}\n")
         print(report.summary_table(rows, axis, axis, linear=False))
