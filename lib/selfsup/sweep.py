@@ -74,7 +74,7 @@ def course_axes(root=".") -> dict[str, dict]:
         spec = config.read_yaml_mapping(path, "sweep")
         for axis, values in (spec.get("axes") or {}).items():
             out[axis] = dict(title=spec.get("title", axis), values=list(values),
-                             file=str(path.relative_to(root)) if not Path(root).is_absolute() else str(path))
+                             file=f"configs/sweeps/course_{stem}.yaml")  # as run from the repository root
     return out
 
 
