@@ -142,10 +142,16 @@ class BarlowTwins(Method):
     def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         z1 = self.projector(self.encoder(v1))  # per-view forwards (per-view BN)
         z2 = self.projector(self.encoder(v2))
-        return losses.barlow_twins_loss(self._global(z1), self._global(z2), self.lambd)  # global batch
+        return self._pair_loss(self._global(z1), self._global(z2))  # statistics over the global batch
+
+    def _pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return losses.barlow_twins_loss(z1, z2, self.lambd)
 
 
-class VICReg(Method):
+class VICReg(BarlowTwins):
+    """Barlow Twins' architecture (3-layer projector, per-view forwards, global-batch statistics)
+    with VICReg's loss."""
+
     name, title, recipe = "vicreg", "VICReg", "asymmetric"
     summary = "the views' embeddings agree while each dimension keeps its variance and the dimensions decorrelate"
     heads = dict(proj_hidden=8192, proj_dim=8192)  # 3 x 8192, as Barlow Twins
@@ -154,17 +160,11 @@ class VICReg(Method):
     limits = dict(vicreg_sim=(0.0, 1000.0), vicreg_var=(0.0, 1000.0), vicreg_cov=(0.0, 1000.0))
 
     def __init__(self, cfg: Config):
-        super().__init__()
-        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
-        self.feature_dim = dim
-        h = cfg.heads
-        self.projector = mlp([dim, h["proj_hidden"], h["proj_hidden"], h["proj_dim"]])
+        super().__init__(cfg)
         self.weights = (cfg.vicreg_sim, cfg.vicreg_var, cfg.vicreg_cov)
 
-    def loss(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        z1 = self.projector(self.encoder(v1))  # per-view forwards (per-view BN), as the authors' code
-        z2 = self.projector(self.encoder(v2))
-        return losses.vicreg_loss(self._global(z1), self._global(z2), *self.weights)  # global batch statistics
+    def _pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return losses.vicreg_loss(z1, z2, *self.weights)
 
 
 REGISTRY: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, BarlowTwins, VICReg)}
