@@ -1,8 +1,8 @@
-"""Does each method learn on real images? Train SimCLR, BYOL and Barlow Twins briefly, compare k-NN.
+"""Does each method learn on real images? Train each method briefly, compare k-NN with the random init.
 
     python benchmarks/learning.py --data PATH/tinyimagenet-10 --epochs 8
 
-Trains each method with a preset (default configs/demo.yaml: the small convnet backbone, CPU-sized,
+Trains each method with a preset (default configs/cpu_real.yaml: the small convnet backbone, CPU-sized,
 with its per-method sections),
 evaluates it with `evaluate_run` (course 5-NN, weighted k-NN, linear probe; val and OOD), and prints
 the trained numbers beside the random-init encoder of the same architecture. Writes JSON to --out.

@@ -29,6 +29,16 @@ def test_convert(tiny_tree, tmp_path, capsys):
     assert ds.train.images.shape == (6, 32, 32, 3)
 
 
+def test_demo_sizes(tmp_path, capsys):
+    rc, out, err = run(capsys, "data", "demo", "--out", tmp_path / "d", "--size", "24", "--train-per-class", "3",
+                       "--val-per-class", "2", "--ood-per-class", "4")
+    assert rc == 0 and err == "" and out.startswith(f"wrote {tmp_path / 'd'}")
+    ds = data.load_dataset(tmp_path / "d")
+    assert ds.train.images.shape == (30, 24, 24, 3) and len(ds.val) == 20 and len(ds.ood) == 40
+    rc, out, err = run(capsys, "data", "demo", "--out", tmp_path / "e", "--size", "8")
+    assert rc == 2 and err.count("\n") == 1 and "size" in err and not (tmp_path / "e").exists()
+
+
 def _bad_convert(tiny_tree, tmp_path, case):
     """Arguments for one bad `data convert` and a fragment the error must contain."""
     dest = tmp_path / "out"

@@ -276,7 +276,8 @@ def test_demo_is_deterministic_and_well_formed(tmp_path):
         np.testing.assert_array_equal(getattr(a, name).labels, getattr(b, name).labels)
         assert getattr(a, name).class_names == getattr(b, name).class_names
         assert not np.array_equal(getattr(a, name).images, getattr(c, name).images)
-    assert a.train.images.shape == (60, 64, 64, 3) and a.train.images.dtype == np.uint8
+    size = demo_data.DEMO_DEFAULTS["size"]
+    assert a.train.images.shape == (60, size, size, 3) and a.train.images.dtype == np.uint8
     assert np.bincount(a.train.labels).tolist() == [6] * 10
     assert np.bincount(a.val.labels).tolist() == [3] * 10
     assert np.bincount(a.ood.labels).tolist() == [4] * 10
@@ -293,6 +294,19 @@ def test_demo_ood_classes_recombine_seen_shapes_and_patterns():
     assert {p for _, p in ood_classes} <= {p for _, p in id_classes}
     with pytest.raises(ValueError):
         demo_data.demo_classes(20, 10)
+
+
+def test_demo_draws_dark_objects_on_a_light_ground(tmp_path):
+    """One polarity: no augmentation turns light-on-dark into dark-on-light, so mixing both would
+    split every class in two. A disc's centre (near the frame's) is darker than the frame's corners
+    (background), image by image."""
+    ds = demo_data.make_demo(tmp_path, n_id_classes=2, n_ood_classes=0, train_per_class=20, val_per_class=1)
+    x = ds.train.images.astype(float).mean(-1)  # (N, H, W) grey levels
+    h = x.shape[1]
+    centre = x[:, h // 2 - 1:h // 2 + 1, h // 2 - 1:h // 2 + 1].mean((1, 2))
+    corners = np.stack([x[:, :2, :2], x[:, :2, -2:], x[:, -2:, :2], x[:, -2:, -2:]], 1).mean((1, 2, 3))
+    assert ds.train.class_names == ["disc+solid", "disc+checker"]
+    assert (centre < corners).all()
 
 
 def test_demo_without_ood(tmp_path):

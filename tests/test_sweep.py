@@ -239,5 +239,5 @@ def test_shipped_sweep_files_load(monkeypatch):
         s = sweep.load_sweep(meta["file"], data="data/course")
         assert [p.cfg.to_dict()[axis] for p in s.points] == meta["values"], meta["file"]
         assert all(p.axes == [axis] for p in s.points)
-    demo = sweep.load_sweep("configs/sweeps/demo.yaml")
-    assert [p.slug for p in demo.points] == ["temperature-0.05", "temperature-0.1", "temperature-0.5"]
+    demo = sweep.load_sweep("configs/sweeps/demo.yaml")  # each point with the demo preset's seeds 0, 1, 2
+    assert [p.slug for p in demo.points] == [f"temperature-{t}/seed-{s}" for t in (0.05, 0.1, 0.5) for s in range(3)]

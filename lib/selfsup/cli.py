@@ -1,6 +1,6 @@
 """`selfsup ...`: the command line over the library.
 
-    selfsup data demo [--out data/demo]                 generate the synthetic demo dataset
+    selfsup data demo [--out data/demo] [--size 32 ...]  generate the synthetic demo dataset
     selfsup data convert SRC DEST --id-classes .. --ood-classes ..
     selfsup data download tiny-imagenet [DEST] --id-classes .. --ood-classes ..   download + convert
     selfsup data info DIR
@@ -28,7 +28,8 @@ from .runs import RunError
 
 def _data(args):
     if args.data_cmd == "demo":
-        ds = demo_data.make_demo(args.out, seed=args.seed)
+        ds = demo_data.make_demo(args.out, seed=args.seed, size=args.size, train_per_class=args.train_per_class,
+                                 val_per_class=args.val_per_class, ood_per_class=args.ood_per_class)
         print(f"wrote {args.out}: {data.describe(ds)}")
     elif args.data_cmd == "convert":
         summary = imagefolder.convert(args.src, args.dest, args.id_classes, args.ood_classes, seed=args.seed,
@@ -95,13 +96,22 @@ def _conversion_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
+def _demo_options(p: argparse.ArgumentParser) -> None:
+    """`data demo`: where, the seed, and the sizes (selfsup.demo_data.make_demo's defaults)."""
+    dd = demo_data.DEMO_DEFAULTS
+    p.add_argument("--out", default="data/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=dd["size"], help=f"image side in pixels (default {dd['size']})")
+    p.add_argument("--train-per-class", type=int, default=dd["train_per_class"], help="(default %(default)s)")
+    p.add_argument("--val-per-class", type=int, default=dd["val_per_class"], help="(default %(default)s)")
+    p.add_argument("--ood-per-class", type=int, default=dd["ood_per_class"], help="(default %(default)s)")
+
+
 def _data_parser(sub) -> None:
     """`selfsup data ...`: demo, convert, download, info, classes."""
     d = sub.add_parser("data", help="make, convert and inspect datasets")
     dsub = d.add_subparsers(dest="data_cmd", required=True)
-    demo = dsub.add_parser("demo", help="generate the synthetic demo dataset (seconds)")
-    demo.add_argument("--out", default="data/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    _demo_options(dsub.add_parser("demo", help="generate the synthetic demo dataset (seconds)"))
     conv = dsub.add_parser(
         "convert", help="course-format NPZ from an ImageFolder or Tiny ImageNet tree (folder or .zip)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
