@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from .features import extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
 from .runs import CHECKPOINT, Run, RunError, environment, now
+
+# In fp16 the GradScaler skips the optimizer step when gradients overflow (its first steps, while it
+# finds the scale); the lr schedule still advances once per step, as in PyTorch's AMP recipe, so
+# torch's warning about the schedule stepping first is expected there, not a bug.
+warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
 
 
 # ---------------------------------------------------------------------------------------------
