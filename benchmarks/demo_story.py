@@ -97,7 +97,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="data/demo", help="the demo data (selfsup data demo --out DIR ...)")
     p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--compare-overrides", default="{epochs: 6}", help="the Makefile's COMPARE_OVERRIDES (YAML)")
+    p.add_argument("--compare-overrides", default="{epochs: 6, eval_every: 0}", help="the Makefile's COMPARE_OVERRIDES (YAML)")
     p.add_argument("--compare-eval", default="{table: false}", help="the Makefile's COMPARE_EVAL (YAML)")
     p.add_argument("--sweep", default="configs/sweeps/demo.yaml")
     p.add_argument("--methods", default=",".join(REGISTRY))

@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from selfsup import config, data, evaluate, runs, train
+from selfsup.methods import REGISTRY
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="folder with train.npz, val.npz, ood.npz")
     p.add_argument("--config", default="configs/cpu_real.yaml")
-    p.add_argument("--methods", default="simclr,byol,barlow")
+    p.add_argument("--methods", default=",".join(REGISTRY))
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--runs", default="benchmarks/out/learning")
