@@ -6,6 +6,7 @@ import math
 import pytest
 
 from selfsup import report, results, sweep
+from selfsup.methods import titled
 from selfsup.runs import Run
 
 from helpers import TINY_PRESET, make_tiny
@@ -59,6 +60,8 @@ def test_findings_follow_the_intervals():
 
     at_floor = [summary("simclr", 0.60, 0.02), summary("barlow", 0.12, 0.03)]
     assert "Not clearly above the random-init floor (k-NN on val): barlow." in report.findings(at_floor, "method")
+    three = overlap + [summary("vicreg", 0.57, 0.06)]
+    assert "not distinguishable from byol and vicreg at 3 seeds" in report.findings(three, "method")
     assert results.separated(separate[0], separate[1], "val_knn") == 1
     assert results.separated(separate[1], separate[0], "val_knn") == -1
     assert results.separated(overlap[0], overlap[1], "val_knn") == 0
@@ -114,3 +117,10 @@ def test_each_seed_resumes_on_its_own(tmp_path, monkeypatch):
     (point,) = results.summarise(rows)
     assert point["n_seeds"] == 2 and point["val_knn_ci95"] >= 0
     assert (runs / "seeds" / results.SUMMARY).is_file()
+
+
+def test_tables_and_charts_name_methods_by_title():
+    rows = [{"method": "barlow", "val_knn": 0.5}, {"method": "mine", "val_knn": 0.4}]
+    shown = titled(rows)
+    assert [r["method"] for r in shown] == ["Barlow Twins", "mine"]  # unknown names kept as they are
+    assert rows[0]["method"] == "barlow" and shown[0]["val_knn"] == 0.5  # copies; the results are untouched

@@ -30,6 +30,12 @@ def plural(n: int, word: str) -> str:
     return f"{n:g} {word}{'' if n == 1 else 's'}"
 
 
+def listing(items) -> str:
+    """["a"] -> 'a'; ["a", "b"] -> 'a and b'; ["a", "b", "c"] -> 'a, b and c'."""
+    items = [str(i) for i in items]
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def duration(seconds) -> str:
     """45.2 -> '45 s'; 754 -> '12.6 min'; 7300 -> '2.0 h'."""
     if is_missing(seconds):

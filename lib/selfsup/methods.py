@@ -173,3 +173,9 @@ REGISTRY: dict[str, type[Method]] = {m.name: m for m in (SimCLR, BYOL, BarlowTwi
 def build_method(cfg: Config) -> Method:
     """The method named by cfg.method, randomly initialised from the current torch RNG."""
     return REGISTRY[cfg.method](cfg)
+
+
+def titled(rows: list[dict], key: str = "method") -> list[dict]:
+    """Copies of result rows whose `key` is the method's title (SimCLR, Barlow Twins), for tables and
+    charts; names not in the registry are kept as they are."""
+    return [{**r, key: REGISTRY[r[key]].title if r.get(key) in REGISTRY else r.get(key)} for r in rows]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import plots
 from .data import load_dataset
-from .display import fmt, is_missing, markdown_table, pct, plural, show_figure, show_markdown, show_plot
+from .display import fmt, is_missing, listing, markdown_table, pct, plural, show_figure, show_markdown, show_plot
 from .evaluate import ensure_eval, ood_parts, run_features
 from .methods import REGISTRY
 from .runs import Run, read_json, write_json
@@ -190,13 +190,13 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
     tied = [str(r[key]) for r in ok if r is not best and separated(best, r, metric) == 0]
     out = [f"Best by {what}: **{best[key]}** ({pm(best, metric)}%)."]
     if ahead:
-        out.append(f"It is ahead of {', '.join(ahead)}: the intervals separate.")
+        out.append(f"It is ahead of {listing(ahead)}: the intervals separate.")
     if tied:
-        out.append(f"It is not distinguishable from {', '.join(tied)} at {plural(seeds, 'seed')} "
+        out.append(f"It is not distinguishable from {listing(tied)} at {plural(seeds, 'seed')} "
                    "(the intervals overlap).")
     below = [str(r[key]) for r in ok if not above_floor(r, metric)]
     if below:
-        out.append(f"Not clearly above the random-init floor ({what}): {', '.join(below)}.")
+        out.append(f"Not clearly above the random-init floor ({what}): {listing(below)}.")
     else:
         out.append(f"Every point is above its random-init floor beyond the intervals ({what}).")
     return " ".join(out)
@@ -246,5 +246,5 @@ def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, m
     if not_run:
         how = [f"{course[a]['title'].lower()} (`selfsup sweep {course[a]['file']}`)" if a in course else f"`{a}`"
                for a in not_run]
-        show_markdown(f"**Not run here:** {', '.join(how)}.")
+        show_markdown(f"**Not run here:** {listing(how)}.")
     return out
