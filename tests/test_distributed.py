@@ -24,7 +24,8 @@ from selfsup.config import ConfigError
 from helpers import TINY_RUN, make_tiny
 
 WORLD = 2
-LOSSES = {"nt_xent": lambda a, b: losses.nt_xent(a, b, 0.2), "barlow": losses.barlow_twins_loss}
+LOSSES = {"nt_xent": lambda a, b: losses.nt_xent(a, b, 0.2), "barlow": losses.barlow_twins_loss,
+          "vicreg": losses.vicreg_loss}
 
 
 def _spawn(fn, *args):
