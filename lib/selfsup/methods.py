@@ -10,10 +10,10 @@ methods from REGISTRY. Adding a method = a loss in selfsup.losses, a class here,
 BatchNorm choice (it changes what the statistics see, so it is stated, not implied):
 - SimCLR: ONE forward over both views concatenated (2B images), as SimCLR's global BN does,
   so BN statistics mix the views and cannot leak which images pair up.
-- BYOL and Barlow Twins: ONE forward PER VIEW (B images each), as the authors' code does
-  (facebookresearch/barlowtwins main.py; BYOL's per-view online/target passes).
+- BYOL, Barlow Twins and VICReg: ONE forward PER VIEW (B images each), as the authors' code does
+  (facebookresearch/barlowtwins main.py, facebookresearch/vicreg; BYOL's per-view online/target passes).
 
-Under data-parallel training (selfsup.distributed) SimCLR and Barlow Twins gather the embeddings of
+Under data-parallel training (selfsup.distributed) SimCLR, Barlow Twins and VICReg gather the embeddings of
 every process before the loss, so the loss is that of the global batch; in eval mode (the
 validation loss) each process keeps to its own batch.
 """
@@ -48,6 +48,10 @@ class Method(nn.Module):
     settings: dict = {}  # config keys only this method reads -> default
     limits: dict = {}  # their ranges, as selfsup.config.LIMITS writes them
 
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.encoder, self.feature_dim = backbone(cfg.backbone, cfg.stem, cfg.width)  # built first: the RNG order
+
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         return self.loss(v1, v2)
 
@@ -66,10 +70,8 @@ class SimCLR(Method):
     limits = dict(temperature=(1e-3, 10.0))  # below ~1e-3 the logits overflow float32
 
     def __init__(self, cfg: Config):
-        super().__init__()
-        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
-        self.feature_dim = dim
-        h = cfg.heads
+        super().__init__(cfg)
+        dim, h = self.feature_dim, cfg.heads
         self.projector = mlp([dim, h["proj_hidden"], h["proj_dim"]])
         self.temperature = cfg.temperature
 
@@ -89,10 +91,8 @@ class BYOL(Method):
     limits = dict(byol_momentum=(0.0, 1.0), pred_hidden=(0, None))
 
     def __init__(self, cfg: Config):
-        super().__init__()
-        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
-        self.feature_dim = dim
-        h = cfg.heads
+        super().__init__(cfg)
+        dim, h = self.feature_dim, cfg.heads
         self.projector = mlp([dim, h["proj_hidden"], h["proj_dim"]])
         self.predictor = mlp([h["proj_dim"], h["pred_hidden"], h["proj_dim"]])
         # The target network: an EMA of encoder + projector, never trained by gradients.
@@ -131,10 +131,8 @@ class BarlowTwins(Method):
     limits = dict(barlow_lambda=(0.0, 10.0))
 
     def __init__(self, cfg: Config):
-        super().__init__()
-        self.encoder, dim = backbone(cfg.backbone, cfg.stem, cfg.width)
-        self.feature_dim = dim
-        h = cfg.heads
+        super().__init__(cfg)
+        dim, h = self.feature_dim, cfg.heads
         # Three layers as in the paper; the loss standardises z like the authors' BN(affine=False).
         self.projector = mlp([dim, h["proj_hidden"], h["proj_hidden"], h["proj_dim"]])
         self.lambd = cfg.barlow_lambda
