@@ -1,4 +1,4 @@
-"""Does `make demo` show learning? Every method and every temperature point, 3 seeds, vs its floor.
+"""Does `make demo` show learning? Every method and every ablation point, 3 seeds, vs its floor.
 
     OMP_NUM_THREADS=1 python benchmarks/demo_story.py --data data/demo --threads 1
 
@@ -7,8 +7,8 @@ Trains what the demo trains, with the demo's settings, in one process (no paperm
 - the method comparison (notebook 01): configs/demo.yaml with each method's section, the
   Makefile's COMPARE_OVERRIDES (--compare-overrides), evaluated with its COMPARE_EVAL
   (--compare-eval: course k-NN, weighted k-NN and linear probe, val and OOD);
-- the temperature ablation (configs/sweeps/demo.yaml): its preset, fixed overrides, eval_options
-  and axis values;
+- the ablations (configs/sweeps/demo.yaml): its preset, fixed overrides, eval_options and every
+  axis's values;
 - optionally (--parts ...,final) the final run: the preset unchanged, evaluated in full, with
   Figure 3's t-SNE written to --runs/final_tsne.png.
 
@@ -131,13 +131,13 @@ def main() -> None:
     if "ablation" in parts:
         sw = yaml.safe_load(Path(args.sweep).read_text())
         ev = (sw.get("parameters") or {}).get("eval_options") or {}
-        (axis, values), = sw["axes"].items()
-        for value in values:
-            pr = [run_one(f"ablation/{axis}{value}_s{s}", config.load(sw["preset"], {**sw.get("overrides", {}), **extra,
-                                                                                     axis: value, "seed": s}),
-                          ds, args.data, args.runs, ev) for s in seeds]
-            rows += pr
-            points.append(summarise(pr, f"{axis}={value}"))
+        for axis, values in sw["axes"].items():
+            for value in values:
+                over = {**sw.get("overrides", {}), **extra, axis: value}
+                pr = [run_one(f"ablation/{axis}{value}_s{s}", config.load(sw["preset"], {**over, "seed": s}),
+                              ds, args.data, args.runs, ev) for s in seeds]
+                rows += pr
+                points.append(summarise(pr, f"{axis}={value}"))
     if "final" in parts:
         cfg = config.load(args.config, {**extra, "seed": seeds[0]})
         r = run_one("final", cfg, ds, args.data, args.runs, {})

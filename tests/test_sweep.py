@@ -240,4 +240,6 @@ def test_shipped_sweep_files_load(monkeypatch):
         assert [p.cfg.to_dict()[axis] for p in s.points] == meta["values"], meta["file"]
         assert all(p.axes == [axis] for p in s.points)
     demo = sweep.load_sweep("configs/sweeps/demo.yaml")  # each point with the demo preset's seeds 0, 1, 2
-    assert [p.slug for p in demo.points] == [f"temperature-{t}/seed-{s}" for t in (0.05, 0.1, 0.5) for s in range(3)]
+    assert [p.slug for p in demo.points] == ([f"temperature-{t}/seed-{s}" for t in (0.05, 0.1, 0.5) for s in range(3)]
+                                             + [f"epochs-{e}/seed-{s}" for e in (1, 3, 10) for s in range(3)])
+    assert {p.cfg.epochs for p in demo.points if p.axes == ["temperature"]} == {5}
