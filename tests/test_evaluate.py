@@ -406,6 +406,34 @@ def test_evaluate_run_writes_eval_json(tiny_run):
     feats = np.load(run / "features.npz")
     np.testing.assert_allclose(feats["val_features"], f_val.numpy())
 
+    # selection: scikit-learn's course k-NN within the training images, 10% of each class held out
+    ref, held = evaluate.select_parts(ds.train.labels)
+    assert [int((ds.train.labels[held] == c).sum()) for c in range(3)] == [2, 2, 2]  # round(0.1 * 24)
+    picked = sk_predict(f_train.numpy()[ref], ds.train.labels[ref], f_train.numpy()[held])
+    assert s["select_knn"] == pytest.approx((picked == ds.train.labels[held]).mean())
+    assert trained["select"]["n_test"] == 6 and 0 <= s["random_init_select_knn"] <= 1
+
+
+def test_selection_never_looks_at_val_or_ood():
+    rng = np.random.default_rng(4)
+    train, y = clustered(rng, 200, 16, n_classes=4, spread=2.0)
+    val, yv = clustered(rng, 40, 16, n_classes=4, spread=2.0)
+
+    class Split:  # what evaluate_features reads of a dataset's split
+        def __init__(self, labels):
+            self.labels = labels
+
+    class Dataset:
+        def __init__(self, yv):
+            self.train, self.val, self.ood = Split(y), Split(yv), None
+
+    a = evaluate.evaluate_features({"train": train, "val": val}, Dataset(yv), "cpu", linear=False, table=False)
+    b = evaluate.evaluate_features({"train": train, "val": -val}, Dataset(rng.permutation(yv)), "cpu",
+                                   linear=False, table=False)
+    assert a["select"] == b["select"] and a["val"]["knn"] != b["val"]["knn"]
+    ref, held = evaluate.select_parts(y)
+    assert len(np.intersect1d(ref, held)) == 0 and len(ref) + len(held) == 200
+
 
 def test_evaluate_run_errors_name_the_missing_file(tiny_run, tmp_path):
     from selfsup.runs import RunError

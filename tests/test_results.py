@@ -124,3 +124,13 @@ def test_tables_and_charts_name_methods_by_title():
     shown = titled(rows)
     assert [r["method"] for r in shown] == ["Barlow Twins", "mine"]  # unknown names kept as they are
     assert rows[0]["method"] == "barlow" and shown[0]["val_knn"] == 0.5  # copies; the results are untouched
+
+
+def test_chosen_by_held_out_training_images_not_by_val():
+    a = summary("0.1", 0.60, 0.02, select_knn=0.70, select_knn_interval=0.01)
+    b = summary("0.5", 0.62, 0.02, select_knn=0.75, select_knn_interval=0.01)
+    text = report.chosen([a, b], "point")
+    assert "**0.5** (75.0 ± 1.0% there, 62.0 ± 2.0% on val; also the best on val)" in text
+    b["val_knn"] = 0.55
+    assert report.chosen([a, b], "point").endswith("; the best on val is 0.1).")
+    assert report.chosen([summary("0.1", 0.6, 0.02)], "point") == ""  # evaluated before selection existed

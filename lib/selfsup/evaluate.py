@@ -5,11 +5,16 @@
                                              written to run_dir/eval.json (+ features.npz)
     ensure_eval(run_dir, data_dir)        -> eval.json, recomputed only when it is not current
     ood_parts(n)                          -> the course's OOD 80/20 split as positions
+    select_parts(labels)                  -> the selection split of the training images
 
 Protocols: the course k-NN (scikit-learn's KNeighborsClassifier(n_neighbors=5), reproduced by
 selfsup.knn), the weighted cosine k-NN of SSL papers (its temperature is `knn_temperature`, not
 the NT-Xent one), and the linear probe (selfsup.probe). OOD: k-NN and probe fitted on the
 probe-train part of the OOD set, scored on its probe-test part.
+
+Selection: the course k-NN fitted on 90% of the labelled training images and scored on the other
+10% (stratified, fixed). It never looks at val or OOD, so it is what sweeps and comparisons choose
+a setting by (selfsup.report.chosen); val and OOD stay the numbers reported.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import torch
 from .data import load_dataset, ood_split
 from .features import accuracy, default_device, extract_features, project, to_numpy
 from .knn import _knn_multi, knn_neighbors, knn_predict
-from .probe import linear_probe
+from .probe import linear_probe, stratified_split
 from .runs import Run
 
 __all__ = ["knn_predict", "extract_features", "linear_probe", "evaluate_features", "evaluate_run", "ensure_eval",
-           "ood_parts", "protocol_table"]
+           "ood_parts", "select_parts", "protocol_table"]
+
+SELECT_FRACTION = 0.1  # of the training images, per class, held out of the k-NN's reference set
 
 
 def ood_parts(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +41,12 @@ def ood_parts(n: int) -> tuple[np.ndarray, np.ndarray]:
     split (selfsup.data.ood_split). Every reader of OOD predictions indexes through this."""
     mask = ood_split(n)
     return np.flatnonzero(mask), np.flatnonzero(~mask)
+
+
+def select_parts(labels) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, held-out) positions in the training set for the selection k-NN: per class a
+    fixed shuffle (seed 0), SELECT_FRACTION held out (selfsup.probe.stratified_split)."""
+    return stratified_split(to_numpy(labels), SELECT_FRACTION, seed=0)
 
 
 def _take(x, idx: np.ndarray):
@@ -138,6 +151,12 @@ def evaluate_features(features: dict, dataset, device=None, *, k: int = 5, weigh
     out = dict(feature_dim=int(features["train"].shape[1]),
                settings=dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear))
     out["val"] = knn_protocols(features["train"], dataset.train.labels, features["val"], dataset.val.labels, **kw)
+    ref, held = select_parts(dataset.train.labels)
+    if len(held):  # none when every class has a single training image
+        y = to_numpy(dataset.train.labels)
+        course = knn_predict(_take(features["train"], ref), y[ref], _take(features["train"], held),
+                             k=min(k, len(ref)), device=device)
+        out["select"] = dict(knn=accuracy(course, y[held]), k=min(k, len(ref)), n_train=len(ref), n_test=len(held))
     out["gallery"] = dict(val=_gallery(features["train"], features["val"], gallery, 5, seed=0))
     out["ood"] = None
     if dataset.ood is not None and "ood" in features:
@@ -159,12 +178,13 @@ def extract_all(encoder: torch.nn.Module, dataset, device) -> dict:
 
 
 def _summary(trained: dict, floor: dict | None) -> dict:
-    """Flat headline numbers: {val,ood}_{knn,knn_weighted,linear}, random_init_* for the floor."""
+    """Flat headline numbers: {val,ood}_{knn,knn_weighted,linear}, select_knn, random_init_* for the
+    floor."""
     s = {}
     for prefix, res in (("", trained), ("random_init_", floor)):
         if res is None:
             continue
-        for split in ("val", "ood"):
+        for split in ("val", "ood", "select"):
             if res.get(split) is None:
                 continue
             for key in ("knn", "knn_weighted", "linear"):

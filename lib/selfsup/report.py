@@ -11,7 +11,7 @@ from pathlib import Path
 from . import plots
 from .data import load_dataset
 from .display import fmt, is_missing, listing, markdown_table, pct, plural, show_figure, show_markdown, show_plot
-from .evaluate import ensure_eval, ood_parts, run_features
+from .evaluate import SELECT_FRACTION, ensure_eval, ood_parts, run_features
 from .methods import REGISTRY
 from .runs import Run, read_json, write_json
 from .results import above_floor, axis_results, separated, summarise
@@ -202,6 +202,20 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
     return " ".join(out)
 
 
+def chosen(rows: list[dict], key: str, metric: str = "val_knn", select: str = "select_knn") -> str:
+    """The point to keep, chosen without val or OOD: the best by the selection k-NN (training
+    images held out of its reference set, selfsup.evaluate.select_parts), with its score on
+    `metric`; '' when the rows have no selection numbers (runs evaluated before it existed)."""
+    ok = [r for r in rows if r.get("status") == "finished" and not is_missing(r.get(select))
+          and not is_missing(r.get(metric))]
+    if not ok:
+        return ""
+    pick, best = max(ok, key=lambda r: r[select]), max(ok, key=lambda r: r[metric])
+    return (f"Chosen without looking at val or OOD (k-NN on {SELECT_FRACTION:.0%} of the training images, held out "
+            f"of its reference set): **{pick[key]}** ({pm(pick, select)}% there, {pm(pick, metric)}% on val"
+            + ("; also the best on val)." if pick is best else f"; the best on val is {best[key]})."))
+
+
 def ablation_columns(axis: str) -> list:
     seconds = lambda v: fmt(v) if is_missing(v) else f"{v:.0f}"  # noqa: E731
     return [("train_loss", "loss", fmt), ("wall_clock_s", "time (s)", seconds)]
@@ -227,7 +241,7 @@ def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, m
             points = summarise(grp, keys=[axis])
             show_markdown(f"Sweep `{name}`: {plural(len(points), 'point')}.\n\n"
                           + summary_table(points, axis, axis, linear=False, extra=ablation_columns(axis))
-                          + "\n\n" + findings(points, axis, metric))
+                          + "\n\n" + findings(points, axis, metric) + " " + chosen(points, axis, metric))
             for r in points:
                 if r["status"] != "finished":
                     show_markdown(f"Point `{r['point']}` {r['status']}: {r.get('error') or 'see its run folder'}")

@@ -27,9 +27,9 @@ RESULTS = "results.csv"
 # Accuracy columns are named as in eval.json's summary (val_knn = course k-NN on val, ...), so rows
 # plug straight into selfsup.plots; random_init_* is the floor: the same network untrained.
 ACCURACY_COLUMNS = ("val_knn", "ood_knn", "val_knn_weighted", "ood_knn_weighted", "val_linear", "ood_linear",
-                    "random_init_val_knn", "random_init_ood_knn", "random_init_val_linear",
+                    "select_knn", "random_init_val_knn", "random_init_ood_knn", "random_init_val_linear",
                     "random_init_ood_linear")
-RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "n_val", "n_ood", "wall_clock_s",
+RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "n_val", "n_ood", "n_select", "wall_clock_s",
                   "config_hash", "run_dir", "error")
 SUMMARY = "summary.csv"
 Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
@@ -71,7 +71,7 @@ def binomial_interval(p: float, n) -> float:
 
 
 def _size_key(metric: str) -> str:
-    return "n_ood" if "ood_" in metric else "n_val"
+    return "n_ood" if "ood_" in metric else "n_select" if "select_" in metric else "n_val"
 
 
 def summarise(rows, keys=()) -> list[dict]:

@@ -355,9 +355,10 @@ class Run:
 
     def headline(self) -> dict:
         """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes
-        of the sets it scored (n_val, n_ood: what a single run's binomial interval needs)."""
+        of the sets it scored (n_val, n_ood, n_select: what a single run's binomial interval needs)."""
         info, metrics, ev = self.info(), self.metrics(), self.eval()
-        sizes = {f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan")) for s in ("val", "ood")}
+        sizes = {f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan"))
+                 for s in ("val", "ood", "select")}
         return dict(status=info.get("status", "missing"), epochs=len(metrics),
                     train_loss=metrics[-1]["train_loss"] if metrics else float("nan"),
                     wall_clock_s=info.get("wall_clock_s", float("nan")), config_hash=info.get("config_hash", ""),
