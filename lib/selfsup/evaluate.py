@@ -90,6 +90,18 @@ def ood_protocol(features, labels, **kw) -> dict:
     return out
 
 
+def select_protocol(train_f, train_y, *, k: int = 5, device=None) -> dict | None:
+    """The course k-NN within the training images: fitted on the reference part of select_parts,
+    scored on the held-out part; None when nothing is held out (one image a class)."""
+    y = to_numpy(train_y)
+    ref, held = select_parts(y)
+    if not len(held):
+        return None
+    k = min(k, len(ref))
+    pred = knn_predict(_take(train_f, ref), y[ref], _take(train_f, held), k=k, device=device)
+    return dict(knn=accuracy(pred, y[held]), k=k, n_train=len(ref), n_test=len(held))
+
+
 def protocol_table(feature_sets: dict, train_y, test_y, *, ks=(1, 5, 20, 200),
                    variants=(("euclidean", "uniform"), ("cosine", "distance")), knn_temperature: float = 0.07,
                    split: str = "val", device=None) -> list[dict]:
@@ -151,12 +163,7 @@ def evaluate_features(features: dict, dataset, device=None, *, k: int = 5, weigh
     out = dict(feature_dim=int(features["train"].shape[1]),
                settings=dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear))
     out["val"] = knn_protocols(features["train"], dataset.train.labels, features["val"], dataset.val.labels, **kw)
-    ref, held = select_parts(dataset.train.labels)
-    if len(held):  # none when every class has a single training image
-        y = to_numpy(dataset.train.labels)
-        course = knn_predict(_take(features["train"], ref), y[ref], _take(features["train"], held),
-                             k=min(k, len(ref)), device=device)
-        out["select"] = dict(knn=accuracy(course, y[held]), k=min(k, len(ref)), n_train=len(ref), n_test=len(held))
+    out["select"] = select_protocol(features["train"], dataset.train.labels, k=k, device=device)
     out["gallery"] = dict(val=_gallery(features["train"], features["val"], gallery, 5, seed=0))
     out["ood"] = None
     if dataset.ood is not None and "ood" in features:

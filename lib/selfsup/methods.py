@@ -173,7 +173,11 @@ def build_method(cfg: Config) -> Method:
     return REGISTRY[cfg.method](cfg)
 
 
+def title(name: str) -> str:
+    """A method's title for tables and charts (barlow -> Barlow Twins); other names as they are."""
+    return REGISTRY[name].title if name in REGISTRY else name
+
+
 def titled(rows: list[dict], key: str = "method") -> list[dict]:
-    """Copies of result rows whose `key` is the method's title (SimCLR, Barlow Twins), for tables and
-    charts; names not in the registry are kept as they are."""
-    return [{**r, key: REGISTRY[r[key]].title if r.get(key) in REGISTRY else r.get(key)} for r in rows]
+    """Copies of result rows whose `key` is the method's title (selfsup.methods.title)."""
+    return [{**r, key: title(r.get(key))} for r in rows]
