@@ -11,7 +11,15 @@ export MPLBACKEND := Agg
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
+# A new environment takes 6.2 GB (measured: torch's CUDA build and its NVIDIA libraries); a full disk
+# otherwise fails halfway through pip with an OSError, leaving a broken .venv behind.
+SETUP_FREE_GB ?= 7
 $(VENV)/.installed: pyproject.toml
+	@[ -d $(VENV) ] || $(PYTHON) -c 'import os, shutil, sys; need = "$(SETUP_FREE_GB)"; \
+		where = os.path.dirname(os.path.abspath("$(VENV)")); free = shutil.disk_usage(where).free / 1e9; \
+		msg = "make setup: %.1f GB free on the disk of %s; the environment needs about %s GB" \
+		" (free some space, or SETUP_FREE_GB=0 to try anyway)"; \
+		sys.exit(msg % (free, where, need) if free < float(need) else 0)'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)

@@ -287,6 +287,17 @@ def test_disk_full_while_checkpointing_keeps_the_state(tiny, tmp_path, monkeypat
     assert Run(run).status == "failed"
 
 
+def test_make_setup_on_a_short_disk_stops_in_one_line_before_creating_anything(tmp_path):
+    """What CI met once: pip ran out of disk halfway through torch. make setup now checks first."""
+    venv = tmp_path / "venv"
+    done = subprocess.run(["make", "-s", "setup", f"VENV={venv}", "SETUP_FREE_GB=1e12"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    message = done.stderr.strip().splitlines()[0]
+    assert done.returncode != 0 and not venv.exists()
+    assert re.fullmatch(r"make setup: [\d.]+ GB free on the disk of \S+; the environment needs about 1e12 GB "
+                        r"\(free some space, or SETUP_FREE_GB=0 to try anyway\)", message), message
+
+
 # ---------------------------------------------------------------------------------------------
 # kill -9 at the instant after the checkpoint rename
 
