@@ -33,6 +33,8 @@ def test_summary_statistics_by_hand():
     wilson = z * math.sqrt(0.24 / 100 + z * z / 40000) / (1 + z * z / 100)
     assert a["val_knn_binom95"] == pytest.approx(wilson) and wilson == pytest.approx(0.0943, abs=1e-4)
     assert a["ood_knn_binom95"] == pytest.approx(results.binomial_interval(0.3, 50))  # OOD: its own size
+    # the gain over the floor, paired by seed: 0.3, 0.4, 0.5 (each run minus its floor of 0.2)
+    assert a["val_knn_gain"] == pytest.approx(0.4) and a["val_knn_gain_ci95"] == pytest.approx(t * 0.1 / math.sqrt(3))
 
 
 def test_one_seed_uses_the_binomial_interval_and_failures_are_counted():
@@ -65,6 +67,29 @@ def test_findings_follow_the_intervals():
     assert results.separated(separate[0], separate[1], "val_knn") == 1
     assert results.separated(separate[1], separate[0], "val_knn") == -1
     assert results.separated(overlap[0], overlap[1], "val_knn") == 0
+
+
+def test_the_floor_is_compared_seed_by_seed():
+    """A wide spread of random networks (floors 28, 50, 57%) hides nothing when each seed is compared
+    with its own untrained network; gains that straddle zero are not above the floor."""
+    learns = [run_row("learns", s, v, floor=f) for s, v, f in zip((0, 1, 2), (0.75, 0.85, 0.86), (0.28, 0.50, 0.57))]
+    (p,) = results.summarise(learns)
+    assert results.separated(p, {"val_knn": p["random_init_val_knn"],  # the unpaired intervals overlap
+                                 "val_knn_interval": p["random_init_val_knn_ci95"]}, "val_knn") == 0
+    gains = [0.47, 0.35, 0.29]
+    mean, std = sum(gains) / 3, math.sqrt(sum((g - sum(gains) / 3) ** 2 for g in gains) / 2)
+    assert p["val_knn_gain"] == pytest.approx(mean) and p["val_knn_gain_ci95"] == pytest.approx(
+        4.302652729911275 * std / math.sqrt(3))
+    assert results.above_floor(p, "val_knn") and mean - p["val_knn_gain_ci95"] > 0
+    text = report.findings([{**p, "method": "simclr"}], "method")
+    assert (f"Every point is above its random-init floor (k-NN on val; each seed against its own untrained network, "
+            f"the smallest gain is +{100 * mean:.1f} ± {100 * p['val_knn_gain_ci95']:.1f} points, simclr).") in text
+
+    noise = [run_row("noise", s, v, floor=f) for s, v, f in zip((0, 1, 2), (0.40, 0.45, 0.52), (0.30, 0.50, 0.52))]
+    (q,) = results.summarise(noise)
+    assert q["val_knn_gain"] > 0 and not results.above_floor(q, "val_knn")
+    assert "Not clearly above the random-init floor (k-NN on val): noise." in report.findings(
+        [{**q, "method": "noise"}], "method")
 
 
 def test_summary_table_shows_plus_minus_and_floor():

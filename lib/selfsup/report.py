@@ -145,7 +145,8 @@ def figure_caption(key: str, figures_dir) -> str:
 
 INTERVAL_NOTE = ("Accuracies in %, mean ± 95% interval: over the seeds (t-interval) when a point has two or more, "
                  "else the binomial (Wilson) interval of one run on that many images. *Floor*: the same network "
-                 "at its random initialisation.")
+                 "at its random initialisation; a point is above it when its gain, each seed against its own "
+                 "untrained network, stays above zero over its 95% interval.")
 
 
 def pm(row: dict, metric: str) -> str:
@@ -180,7 +181,8 @@ def summary_table(rows: list[dict], key: str, label: str, linear: bool = True, e
 def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k-NN on val") -> str:
     """What the results say, computed from the intervals (results.separated): the best point, the
     points it is ahead of (intervals separate), those it is not distinguishable from at this
-    number of seeds, and the points not clearly above their random-init floor."""
+    number of seeds, and the points not clearly above their random-init floor (results.above_floor:
+    paired by seed), or the smallest paired gain when every point is."""
     ok = [r for r in rows if r.get("status") == "finished" and not is_missing(r.get(metric))]
     if not ok:
         return "No finished points."
@@ -195,8 +197,14 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
         out.append(f"It is not distinguishable from {listing(tied)} at {plural(seeds, 'seed')} "
                    "(the intervals overlap).")
     below = [str(r[key]) for r in ok if not above_floor(r, metric)]
+    paired = [r for r in ok if not is_missing(r.get(f"{metric}_gain_ci95"))]
     if below:
         out.append(f"Not clearly above the random-init floor ({what}): {listing(below)}.")
+    elif len(paired) == len(ok):
+        low = min(paired, key=lambda r: r[f"{metric}_gain"] - r[f"{metric}_gain_ci95"])
+        gain, ci = 100 * low[f"{metric}_gain"], 100 * low[f"{metric}_gain_ci95"]
+        out.append(f"Every point is above its random-init floor ({what}; each seed against its own untrained "
+                   f"network, the smallest gain is {gain:+.1f} ± {ci:.1f} points, {low[key]}).")
     else:
         out.append(f"Every point is above its random-init floor beyond the intervals ({what}).")
     return " ".join(out)

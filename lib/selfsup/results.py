@@ -8,9 +8,12 @@ read back into tables for notebooks 01, 02 and 05.
     collect_results("runs")     -> every sweep's table in one DataFrame
     axis_results(df, "lr")      -> the rows that vary one axis, in its order
     separated(a, b, "val_knn")  -> +1 / -1 when the intervals of two points separate, else 0
+    above_floor(row, "val_knn") -> the point beats its random-init floor (paired by seed)
 
 The interval shown for a point (`<metric>_interval`) is the 95% t-interval over its seeds when
 it has two or more, else the 95% Wilson interval of one run's accuracy on n_val (n_ood) images.
+The gain over the floor (`<metric>_gain`, `_gain_ci95`) is paired: each seed's run against the same
+network at that seed's initial weights, so the spread of random networks cancels out.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ ACCURACY_COLUMNS = ("val_knn", "ood_knn", "val_knn_weighted", "ood_knn_weighted"
 RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "n_val", "n_ood", "n_select", "wall_clock_s",
                   "config_hash", "run_dir", "error")
 SUMMARY = "summary.csv"
+# The metrics with a random-init floor (random_init_<metric>), whose paired gain summarise() reports.
+FLOORED = tuple(m for m in ACCURACY_COLUMNS if f"random_init_{m}" in ACCURACY_COLUMNS)
 Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
 
 def run_summary(run_dir: str | Path) -> dict:
@@ -58,6 +63,14 @@ def t_interval(values) -> tuple[float, float, float]:
     return mean, std, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
 
 
+def _minus(a, b) -> float:
+    """a - b as floats; NaN when either is missing."""
+    try:
+        return float(a) - float(b)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def binomial_interval(p: float, n) -> float:
     """Half-width of the 95% Wilson score interval of an accuracy p measured on n images."""
     try:
@@ -78,7 +91,9 @@ def summarise(rows, keys=()) -> list[dict]:
     """One row per point (the `point` column, in first-seen order) over its runs (seeds): the
     point's columns (axes, `keys`), n_seeds, seeds, status ("finished" or "k/n finished"), and per
     accuracy metric its mean over finished runs, `_std`, `_ci95` (t-interval half-width, 2+ seeds),
-    `_binom95` (Wilson half-width of one run at the mean), `_interval` (the one to show)."""
+    `_binom95` (Wilson half-width of one run at the mean), `_interval` (the one to show); per
+    metric with a floor (FLOORED), `_gain` and `_gain_ci95`: the mean and t-interval over seeds of
+    each run's accuracy minus its own random-init floor's."""
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict("records")
     points: dict = {}
@@ -101,6 +116,9 @@ def summarise(rows, keys=()) -> list[dict]:
                 sizes = [r.get(_size_key(m)) for r in done]
                 binom = binomial_interval(mean, sizes[0] if sizes else math.nan)
                 row.update({f"{m}_binom95": binom, f"{m}_interval": ci if len(done) >= 2 else binom})
+            if m in FLOORED:
+                gain, _, gain_ci = t_interval([_minus(r.get(m), r.get(f"random_init_{m}")) for r in done])
+                row.update({f"{m}_gain": gain, f"{m}_gain_ci95": gain_ci})
         out.append(row)
     return out
 
@@ -118,7 +136,12 @@ def separated(a: dict, b: dict, metric: str) -> int:
 
 
 def above_floor(row: dict, metric: str = "val_knn") -> bool:
-    """The point's interval lies wholly above its random-init floor's interval."""
+    """The point beats its random-init floor: with 2+ seeds, the paired gain (each seed against its
+    own untrained network) minus its 95% t-interval is above zero; with one seed, the run's
+    interval lies wholly above its floor's (both binomial)."""
+    lower = _minus(row.get(f"{metric}_gain"), row.get(f"{metric}_gain_ci95"))
+    if math.isfinite(lower):
+        return lower > 0
     return separated(row, {k.replace(f"random_init_{metric}", metric): v for k, v in row.items()
                            if k.startswith(f"random_init_{metric}")}, metric) == 1
 
@@ -138,6 +161,7 @@ def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
     """results.csv (one row per run) and, beside it, summary.csv (one row per point)."""
     _write_csv(rows, ["point", "seed", "axes", *keys, *RESULT_COLUMNS], path)
     stats = [f"{m}{suffix}" for m in ACCURACY_COLUMNS for suffix in ("", "_std", "_ci95", "_binom95", "_interval")]
+    stats += [f"{m}_gain{suffix}" for m in FLOORED for suffix in ("", "_ci95")]
     _write_csv(summarise(rows, keys), ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats,
                                        "train_loss", "wall_clock_s", "error"], path.parent / SUMMARY)
     return path
