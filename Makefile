@@ -11,7 +11,7 @@ export MPLBACKEND := Agg
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
-# A new environment takes 6.2 GB (measured: torch's CUDA build and its NVIDIA libraries); a full disk
+# A new environment takes 6.5 GB (measured, du -sb: torch's CUDA build and its NVIDIA libraries); a full disk
 # otherwise fails halfway through pip with an OSError, leaving a broken .venv behind.
 SETUP_FREE_GB ?= 7
 $(VENV)/.installed: pyproject.toml
