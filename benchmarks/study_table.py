@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from selfsup import report, results
+from selfsup.methods import titled
 
 
 def main(argv=None) -> None:
@@ -18,7 +19,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     table = results.load_results(args.sweep)
     for axis in dict.fromkeys(a for axes in table["axes"] for a in axes):  # the swept axes, in order
-        rows = results.summarise(results.axis_results(table, axis), keys=[axis])
+        rows = titled(results.summarise(results.axis_results(table, axis), keys=[axis]), axis)  # SimCLR, not simclr
         print(f"\n#### {axis}\n")
         print(report.summary_table(rows, axis, axis, linear=False))
         print("\n" + report.findings(rows, axis, "val_knn", "k-NN on val") + " "
