@@ -68,13 +68,13 @@ def course_axes(root=".") -> dict[str, dict]:
     report's order (an axis whose file is missing is left out)."""
     out = {}
     for stem in COURSE_SWEEPS:
-        path = Path(root) / "configs" / "sweeps" / f"course_{stem}.yaml"
+        file = f"configs/sweeps/course_{stem}.yaml"  # as run from the repository root
+        path = Path(root) / file
         if not path.is_file():
             continue
         spec = config.read_yaml_mapping(path, "sweep")
         for axis, values in (spec.get("axes") or {}).items():
-            out[axis] = dict(title=spec.get("title", axis), values=list(values),
-                             file=f"configs/sweeps/course_{stem}.yaml")  # as run from the repository root
+            out[axis] = dict(title=spec.get("title", axis), values=list(values), file=file)
     return out
 
 
