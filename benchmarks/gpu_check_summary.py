@@ -37,8 +37,10 @@ def throughput(record: dict | None) -> str:
         ours, usual = r.get("ours", {}), r.get("usual", {})
         ratio = f"{r['ratio']:.1f}x" if r.get("ratio") is not None else "-"
         gpu = f", GPU {ours['gpu_max_allocated_mb']:,.0f} MB" if "gpu_max_allocated_mb" in ours else ""
-        parts.append(f"{phase}: ours {_rate(ours.get('images_per_s'))} vs usual "
-                     f"{_rate(usual.get('images_per_s'))} img/s = {ratio}{gpu}")
+        parts.append(
+            f"{phase}: ours {_rate(ours.get('images_per_s'))} vs usual "
+            f"{_rate(usual.get('images_per_s'))} img/s = {ratio}{gpu}"
+        )
     if not record.get("complete", True):
         parts.append("INCOMPLETE")
     data = record.get("setup", {}).get("data")
@@ -48,8 +50,10 @@ def throughput(record: dict | None) -> str:
 def timed_rows(record: dict | None, extra) -> str:
     if record is None:
         return ""
-    rows = [f"{r['name'].split(' (')[0].replace('selfsup ', 'ours ')} {r['seconds']:.2f}s{extra(r)}"
-            for r in record.get("rows", [])]
+    rows = [
+        f"{r['name'].split(' (')[0].replace('selfsup ', 'ours ')} {r['seconds']:.2f}s{extra(r)}"
+        for r in record.get("rows", [])
+    ]
     return "; ".join(rows)
 
 
@@ -58,10 +62,15 @@ def learning(record: dict | None) -> str:
         return ""
     out = []
     for r in record.get("rows", []):
-        knn = (f"val 5-NN {r['random_init_val_knn']:.3f} -> {r['val_knn']:.3f}"
-               if "val_knn" in r and "random_init_val_knn" in r else "")
-        out.append(f"{r['method']} {r['epochs']} epochs {r['train_seconds']}s "
-                   f"{_rate(r.get('images_per_sec'))} img/s {knn}".strip())
+        knn = (
+            f"val 5-NN {r['random_init_val_knn']:.3f} -> {r['val_knn']:.3f}"
+            if "val_knn" in r and "random_init_val_knn" in r
+            else ""
+        )
+        out.append(
+            f"{r['method']} {r['epochs']} epochs {r['train_seconds']}s "
+            f"{_rate(r.get('images_per_sec'))} img/s {knn}".strip()
+        )
     return "; ".join(out)
 
 
@@ -87,8 +96,10 @@ def machine(out: Path) -> str:
         return "machine: no throughput JSON"
     env = rec["environment"]
     load = " ".join(f"{x:.1f}" for x in env.get("load_average_1_5_15min", []))
-    return (f"{env.get('gpu') or env.get('device')} | CPU {env.get('cpu')} x{env.get('cores')} | "
-            f"torch {env.get('torch')} torchvision {env.get('torchvision')} | load {load}")
+    return (
+        f"{env.get('gpu') or env.get('device')} | CPU {env.get('cpu')} x{env.get('cores')} | "
+        f"torch {env.get('torch')} torchvision {env.get('torchvision')} | load {load}"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -50,9 +50,13 @@ def feature_benchmark_args(doc: str, n_train: int, n_test: int) -> argparse.Argu
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (our side; scikit-learn is always CPU)")
     p.add_argument("--skip-sklearn", action="store_true")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads for our side (0 = torch's default); on a CPU shared with "
-                        "other jobs, 1 avoids OpenMP spin-wait contention")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for our side (0 = torch's default); on a CPU shared with "
+        "other jobs, 1 avoids OpenMP spin-wait contention",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(Path(__file__).parent / "out"))
     return p
@@ -80,8 +84,10 @@ def main(argv=None) -> dict:
 
     t = time.perf_counter()
     x_train, y_train, x_test, y_test = features(args.n_train, args.n_test, args.dim, args.classes, args.seed)
-    print(f"features: train {x_train.shape}, test {x_test.shape}, float32, {(x_train == 0).mean():.0%} zeros "
-          f"({time.perf_counter() - t:.1f}s to make)")
+    print(
+        f"features: train {x_train.shape}, test {x_test.shape}, float32, {(x_train == 0).mean():.0%} zeros "
+        f"({time.perf_counter() - t:.1f}s to make)"
+    )
 
     def sync():
         if device.type == "cuda":
@@ -111,8 +117,9 @@ def main(argv=None) -> dict:
     if not args.skip_sklearn:
         t = time.perf_counter()
         sk = KNeighborsClassifier(n_neighbors=args.k, n_jobs=-1).fit(x_train, y_train).predict(x_test)
-        rows.append(dict(name="sklearn KNeighborsClassifier(n_neighbors=%d, n_jobs=-1)" % args.k,
-                         seconds=time.perf_counter() - t))
+        rows.append(
+            dict(name=f"sklearn KNeighborsClassifier(n_neighbors={args.k}, n_jobs=-1)", seconds=time.perf_counter() - t)
+        )
         same = bool(np.array_equal(sk, ours))
         n_diff = int((sk != ours).sum())
 
@@ -129,17 +136,27 @@ def main(argv=None) -> dict:
         print()
 
     result = dict(args=vars(args), rows=rows, accuracy=acc, identical_to_sklearn=same)
-    save(result, args, device, f"knn_{device.type}_{args.n_train}x{args.dim}_{args.n_test}",
-         sklearn_openmp_threads=_openmp_effective_n_threads())
+    save(
+        result,
+        args,
+        device,
+        f"knn_{device.type}_{args.n_train}x{args.dim}_{args.n_test}",
+        sklearn_openmp_threads=_openmp_effective_n_threads(),
+    )
     return result
 
 
 def save(result: dict, args, device: torch.device, stem: str, **environment) -> Path:
     """Add the machine and versions to result and write it to --out/STEM[_tTHREADS].json."""
-    result["environment"] = dict(torch=torch.__version__, torch_threads=torch.get_num_threads(), **environment,
-                                 cpu_count=os.cpu_count(), processor=platform.processor() or platform.machine(),
-                                 gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                                 load_average=os.getloadavg())
+    result["environment"] = dict(
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        **environment,
+        cpu_count=os.cpu_count(),
+        processor=platform.processor() or platform.machine(),
+        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        load_average=os.getloadavg(),
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}{f'_t{args.threads}' if args.threads else ''}.json"

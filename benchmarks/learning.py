@@ -50,9 +50,17 @@ def main() -> None:
         train_s = time.perf_counter() - t0
         s = evaluate.evaluate_run(run_dir, args.data, table=False)["summary"]
         metrics = runs.Run(run_dir).metrics()
-        rows.append(dict(method=method, epochs=cfg.epochs, train_seconds=round(train_s, 1),
-                         images_per_sec=round(sum(m["images_per_sec"] for m in metrics) / len(metrics)),
-                         first_loss=metrics[0]["train_loss"], last_loss=metrics[-1]["train_loss"], **s))
+        rows.append(
+            dict(
+                method=method,
+                epochs=cfg.epochs,
+                train_seconds=round(train_s, 1),
+                images_per_sec=round(sum(m["images_per_sec"] for m in metrics) / len(metrics)),
+                first_loss=metrics[0]["train_loss"],
+                last_loss=metrics[-1]["train_loss"],
+                **s,
+            )
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     keys = ["val_knn", "ood_knn", "val_linear", "ood_linear"]
@@ -60,9 +68,15 @@ def main() -> None:
     for r in rows:
         cells = [f"{r['random_init_' + k]:.3f}->{r[k]:.3f}" if k in r else "-" for k in keys]
         print(f"{r['method']:8} {r['epochs']:>6} {r['train_seconds']:>8} " + " ".join(f"{c:>18}" for c in cells))
-    out = dict(rows=rows, config=args.config, data=args.data, torch=torch.__version__,
-               cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
-               date=time.strftime("%Y-%m-%d"))
+    out = dict(
+        rows=rows,
+        config=args.config,
+        data=args.data,
+        torch=torch.__version__,
+        cpu=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(),
+        date=time.strftime("%Y-%m-%d"),
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 

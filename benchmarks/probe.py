@@ -42,16 +42,30 @@ def main(argv=None) -> dict:
     res = linear_probe(x, y, xt, yt, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    rows.append(dict(name=f"selfsup linear_probe ({device.type}, grid of {len(res['val_accuracies'])} + refit)",
-                     seconds=time.perf_counter() - t, accuracy=res["accuracy"]))
-    print(f"{rows[-1]['name']}: {rows[-1]['seconds']:.1f}s, accuracy {res['accuracy']:.4f}, "
-          f"weight_decay {res['weight_decay']:g} (val {res['val_accuracy']:.4f})", flush=True)
+    rows.append(
+        dict(
+            name=f"selfsup linear_probe ({device.type}, grid of {len(res['val_accuracies'])} + refit)",
+            seconds=time.perf_counter() - t,
+            accuracy=res["accuracy"],
+        )
+    )
+    print(
+        f"{rows[-1]['name']}: {rows[-1]['seconds']:.1f}s, accuracy {res['accuracy']:.4f}, "
+        f"weight_decay {res['weight_decay']:g} (val {res['val_accuracy']:.4f})",
+        flush=True,
+    )
     if not args.skip_sklearn:
         t = time.perf_counter()
         sk = LogisticRegression(max_iter=1000).fit(x, y)
         acc = float(sk.score(xt, yt))
-        rows.append(dict(name="sklearn LogisticRegression(max_iter=1000)", seconds=time.perf_counter() - t,
-                         accuracy=acc, n_iter=int(np.max(sk.n_iter_))))
+        rows.append(
+            dict(
+                name="sklearn LogisticRegression(max_iter=1000)",
+                seconds=time.perf_counter() - t,
+                accuracy=acc,
+                n_iter=int(np.max(sk.n_iter_)),
+            )
+        )
 
     print()
     print(f"{'implementation':<52} {'seconds':>9} {'accuracy':>9}")
@@ -59,8 +73,10 @@ def main(argv=None) -> dict:
         print(f"{r['name']:<52} {r['seconds']:>9.1f} {100 * r['accuracy']:>8.2f}%")
     if len(rows) == 2:
         diff = 100 * (rows[0]["accuracy"] - rows[1]["accuracy"])
-        print(f"\naccuracy difference (ours - sklearn): {diff:+.2f} points; "
-              f"speed-up {rows[1]['seconds'] / rows[0]['seconds']:.1f}x")
+        print(
+            f"\naccuracy difference (ours - sklearn): {diff:+.2f} points; "
+            f"speed-up {rows[1]['seconds'] / rows[0]['seconds']:.1f}x"
+        )
     result = dict(args=vars(args), rows=rows, weight_decay=res["weight_decay"], val_accuracies=res["val_accuracies"])
     save(result, args, device, f"probe_{device.type}_{args.n_train}x{args.dim}_{args.classes}")
     return result

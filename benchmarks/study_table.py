@@ -22,8 +22,12 @@ def main(argv=None) -> None:
         rows = titled(results.summarise(results.axis_results(table, axis), keys=[axis]), axis)  # SimCLR, not simclr
         print(f"\n#### {axis}\n")
         print(report.summary_table(rows, axis, axis, linear=False))
-        print("\n" + report.findings(rows, axis, "val_knn", "k-NN on val") + " "
-              + report.findings(rows, axis, "ood_knn", "k-NN on OOD"))
+        print(
+            "\n"
+            + report.findings(rows, axis, "val_knn", "k-NN on val")
+            + " "
+            + report.findings(rows, axis, "ood_knn", "k-NN on OOD")
+        )
     print("\n" + report.INTERVAL_NOTE)
 
 

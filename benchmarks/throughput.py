@@ -13,7 +13,7 @@ Two pipelines, the same ops and probabilities (selfsup.augment.RECIPES), the sam
 Measured, each in steady state after --warmup-steps:
   aug    augmentation alone (images/s; each image yields two views)
   train  full steps: augmentation + forward + backward + optimizer step, with the library's
-         method (selfsup.methods.build_method) and optimizer (selfsup.train.make_optimizer)
+         method (selfsup.methods.build_method) and optimizer (selfsup.optim.make_optimizer)
 
 One process, one run: writes JSON (--out) after every measurement, so a run stopped part-way
 keeps what it measured ("complete": false until the end), and prints a table. Memory: peak proportional set
@@ -47,9 +47,8 @@ import torch
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 
-from selfsup import augment, pixels
+from selfsup import augment, pixels, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
-from selfsup import train
 from selfsup.runs import environment as run_environment
 from selfsup.train import images_to_device
 
@@ -88,16 +87,18 @@ def torchvision_view(view: augment.ViewRecipe, size: int) -> v2.Compose:
     uint8 through the ops (as the PIL pipelines of SimCLR/BYOL/Barlow Twins are), float at the end.
     """
     jitter = v2.ColorJitter(view.brightness, view.contrast, view.saturation, view.hue)
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(view.flip_p),
-        v2.RandomApply([jitter], p=view.jitter_p),
-        v2.RandomGrayscale(view.gray_p),
-        v2.RandomApply([v2.GaussianBlur(augment.blur_kernel_size(size), sigma=view.blur_sigma)], p=view.blur_p),
-        v2.RandomSolarize(threshold=128, p=view.solarize_p),  # uint8: 128 = 0.5 of 255 (PIL's solarize)
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(pixels.MEAN, pixels.STD),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(view.flip_p),
+            v2.RandomApply([jitter], p=view.jitter_p),
+            v2.RandomGrayscale(view.gray_p),
+            v2.RandomApply([v2.GaussianBlur(augment.blur_kernel_size(size), sigma=view.blur_sigma)], p=view.blur_p),
+            v2.RandomSolarize(threshold=128, p=view.solarize_p),  # uint8: 128 = 0.5 of 255 (PIL's solarize)
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(pixels.MEAN, pixels.STD),
+        ]
+    )
 
 
 class TwoViewDataset(torch.utils.data.Dataset):
@@ -126,14 +127,22 @@ def check_usual_epoch(n_images: int, batch: int, workers: int) -> None:
             f"the usual pipeline would leave DataLoader workers idle: {n_images} images make "
             f"{batches} batches of {batch} per epoch, fewer than 2 x {workers} workers = {need}. "
             f"Use at least {need * batch} images (--data, or --num-images for random ones), "
-            f"or --batch <= {n_images // need}, or --workers <= {batches // 2}")
+            f"or --batch <= {n_images // need}, or --workers <= {batches // 2}"
+        )
 
 
 def usual_batches(images, views, size, batch, workers, device):
     """Endless (v1, v2) batches on `device` from a shuffling DataLoader."""
     check_usual_epoch(len(images), batch, workers)
-    loader = DataLoader(TwoViewDataset(images, views, size), batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        TwoViewDataset(images, views, size),
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     while True:
         for v1, v2_ in loader:
             yield v1.to(device, non_blocking=True), v2_.to(device, non_blocking=True)
@@ -294,11 +303,21 @@ def train_step(cfg, batches, device, n_images):
 def environment(device) -> dict:
     """The run record's environment (selfsup.runs.environment: versions, device, threads) plus
     what a speed number needs beside it: date, processor, cores, load and peak memory."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
         else platform.processor()
-    info = dict(run_environment(device), date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu,
-                cores=cores())
+    )
+    info = dict(
+        run_environment(device), date=datetime.now(timezone.utc).isoformat(timespec="seconds"), cpu=cpu, cores=cores()
+    )
     # ru_maxrss: kilobytes on Linux; the lifetime peak of this process (children separately).
     # Other jobs on the same cores move wall-clock numbers: record how busy the machine was.
     info["load_average_1_5_15min"] = os.getloadavg()
@@ -309,13 +328,17 @@ def environment(device) -> dict:
 
 def print_table(results: dict, env: dict, setup: dict) -> None:
     gpu = f" ({env['gpu']})" if "gpu" in env else ""
-    print(f"\n{env['date']}  torch {env['torch']}  torchvision {env['torchvision']}  device {env['device']}{gpu}"
-          f"  CPU {env['cpu']} x{env['cores']}  torch threads {env['threads']}"
-          f"  load avg {' '.join(f'{x:.1f}' for x in env['load_average_1_5_15min'])}")
+    print(
+        f"\n{env['date']}  torch {env['torch']}  torchvision {env['torchvision']}  device {env['device']}{gpu}"
+        f"  CPU {env['cpu']} x{env['cores']}  torch threads {env['threads']}"
+        f"  load avg {' '.join(f'{x:.1f}' for x in env['load_average_1_5_15min'])}"
+    )
     print(", ".join(f"{k}={v}" for k, v in setup.items()))
     cuda = env["device"].startswith("cuda")
-    print(f"{'phase':<6} {'pipeline':<8} {'images/s':>9} {'ratio':>7} {'median-step img/s':>18} "
-          f"{'CPU ms/img':>10} {'peak host MB':>12}" + (f" {'GPU MB':>8}" if cuda else ""))
+    print(
+        f"{'phase':<6} {'pipeline':<8} {'images/s':>9} {'ratio':>7} {'median-step img/s':>18} "
+        f"{'CPU ms/img':>10} {'peak host MB':>12}" + (f" {'GPU MB':>8}" if cuda else "")
+    )
     for phase, r in results.items():
         for name in ("ours", "usual"):
             m = r[name]
@@ -324,21 +347,28 @@ def print_table(results: dict, env: dict, setup: dict) -> None:
                 ratio = f"{min(r['ratios']):.1f}-{max(r['ratios']):.1f}"
             cpu = f"{m['cpu_ms_per_image']:.2f}" if m["cpu_ms_per_image"] is not None else "-"
             mem = f"{m['peak_host_mem_mb']:.0f}" if m["peak_host_mem_mb"] else "-"
-            line = (f"{phase:<6} {name:<8} {m['images_per_s']:>9.0f} {ratio:>7} "
-                    f"{m['median_step_images_per_s']:>18.0f} {cpu:>10} {mem:>12}")
+            line = (
+                f"{phase:<6} {name:<8} {m['images_per_s']:>9.0f} {ratio:>7} "
+                f"{m['median_step_images_per_s']:>18.0f} {cpu:>10} {mem:>12}"
+            )
             print(line + (f" {m['gpu_max_allocated_mb']:>8.0f}" if cuda else ""))
-    kind = next((m["host_mem_kind"] for r in results.values() for m in (r["ours"], r["usual"])
-                 if m["host_mem_kind"]), "rss")
-    print(f"images/s counts source images (each yields two views); ratio = ours / usual (median repeat; "
-          f"below it the range over repeats); CPU ms/img = user+sys "
-          f"of this process and its DataLoader workers; peak host MB = {kind.upper()} of the same, sampled.")
+    kind = next(
+        (m["host_mem_kind"] for r in results.values() for m in (r["ours"], r["usual"]) if m["host_mem_kind"]), "rss"
+    )
+    print(
+        f"images/s counts source images (each yields two views); ratio = ours / usual (median repeat; "
+        f"below it the range over repeats); CPU ms/img = user+sys "
+        f"of this process and its DataLoader workers; peak host MB = {kind.upper()} of the same, sampled."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", help="course .npz file, or a folder with train.npz (default: random uint8 images)")
     p.add_argument("--num-images", type=int, default=4096, help="random images to generate without --data")
     p.add_argument("--image-size", type=int, default=64, help="side of generated images and of the views")
@@ -348,8 +378,12 @@ def parse_args(argv=None):
     p.add_argument("--stem", choices=STEMS, default="imagenet")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup-steps", type=int, default=5,
-                   help="untimed steps first (>= 2 x workers drains the DataLoader's prefetch)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=5,
+        help="untimed steps first (>= 2 x workers drains the DataLoader's prefetch)",
+    )
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's loss")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -392,16 +426,37 @@ def main(argv=None):
         check_usual_epoch(len(images), args.batch, workers)  # before anything slow
     except ValueError as e:
         raise SystemExit(f"throughput.py: {e}") from None
-    cfg = Config(method=args.method, recipe=args.recipe or "", backbone=args.backbone, stem=args.stem,
-                 batch_size=args.batch, image_size=args.image_size, precision=args.precision,
-                 compile=args.compile, device=str(device), epochs=1, warmup_epochs=0)
+    cfg = Config(
+        method=args.method,
+        recipe=args.recipe or "",
+        backbone=args.backbone,
+        stem=args.stem,
+        batch_size=args.batch,
+        image_size=args.image_size,
+        precision=args.precision,
+        compile=args.compile,
+        device=str(device),
+        epochs=1,
+        warmup_epochs=0,
+    )
     aug = augment.TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
     resident = images_to_device(images, device)  # (N, 3, H, W) uint8; never float as a whole
-    setup = dict(method=cfg.method, recipe=cfg.aug_recipe, backbone=cfg.backbone, stem=cfg.stem,
-                 batch=args.batch, steps=args.steps, warmup=args.warmup_steps, repeats=args.repeats,
-                 precision=args.precision,
-                 compile=args.compile, workers=workers, threads=torch.get_num_threads(),
-                 images="x".join(map(str, images.shape)), data=args.data or "random")
+    setup = dict(
+        method=cfg.method,
+        recipe=cfg.aug_recipe,
+        backbone=cfg.backbone,
+        stem=cfg.stem,
+        batch=args.batch,
+        steps=args.steps,
+        warmup=args.warmup_steps,
+        repeats=args.repeats,
+        precision=args.precision,
+        compile=args.compile,
+        workers=workers,
+        threads=torch.get_num_threads(),
+        images="x".join(map(str, images.shape)),
+        data=args.data or "random",
+    )
     pipelines = dict(
         ours=lambda: ours_batches(resident, aug, args.batch, device),
         usual=lambda: usual_batches(images, aug.views, cfg.image_size, args.batch, workers, device),
@@ -412,8 +467,9 @@ def main(argv=None):
     results = {}
 
     def save(complete: bool) -> None:
-        write_json(out, dict(command=command, complete=complete, environment=environment(device), setup=setup,
-                             results=results))
+        write_json(
+            out, dict(command=command, complete=complete, environment=environment(device), setup=setup, results=results)
+        )
 
     for phase in ["aug", "train"] if args.only == "all" else [args.only]:
         runs = {name: [] for name in pipelines}

@@ -41,15 +41,37 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SELFSUP_CHROMIUM", "/usr/bin/chromium")
 # Headless without a sandbox (root, containers) and quiet on a closed network: without the
 # background-networking flags Chromium keeps trying Google services.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # A width-4 convnet on 32x32 views, 2 epochs: seconds on one CPU core.
-TINY = dict(method="simclr", temperature=0.1, backbone="convnet", width=4, proj_hidden=16, proj_dim=8, pred_hidden=16,
-            image_size=32, optimizer="adamw", lr=2e-3, batch_size=16, epochs=2, warmup_epochs=0, device="cpu")
+TINY = dict(
+    method="simclr",
+    temperature=0.1,
+    backbone="convnet",
+    width=4,
+    proj_hidden=16,
+    proj_dim=8,
+    pred_hidden=16,
+    image_size=32,
+    optimizer="adamw",
+    lr=2e-3,
+    batch_size=16,
+    epochs=2,
+    warmup_epochs=0,
+    device="cpu",
+)
 # JupyterLab settings for the check: every cell rendered (no windowing), no news or update prompts.
-LAB_SETTINGS = {"@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-                "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
-                                                                                    "checkForUpdates": False}}
+LAB_SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+}
 
 
 class CheckFailed(AssertionError):
@@ -96,8 +118,16 @@ def tiny_workspace(root) -> dict:
 
     root = Path(root)
     ws = dict(root=root, data=root / "data", run=root / "runs" / "final", figures=root / "figures")
-    demo_data.make_demo(ws["data"], seed=1, n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=6,
-                        ood_per_class=8, size=32)
+    demo_data.make_demo(
+        ws["data"],
+        seed=1,
+        n_id_classes=3,
+        n_ood_classes=2,
+        train_per_class=16,
+        val_per_class=6,
+        ood_per_class=8,
+        size=32,
+    )
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     train.train(config.load(root / "tiny.yaml"), data.load_dataset(ws["data"]), ws["run"], progress=False)
     evaluate.evaluate_run(ws["run"], ws["data"], table=False, linear=False)
@@ -107,9 +137,31 @@ def tiny_workspace(root) -> dict:
 def export_report(ws: dict, out) -> Path:
     """`selfsup report` for the workspace's run into out/; the HTML (a missing TeX only costs the PDF)."""
     out = Path(out)
-    cmd = [sys.executable, "-m", "selfsup.cli", "report", "--notebook", str(REPO / "notebooks" / "05_report.ipynb"),
-           "--out", str(out), "-p", "root", str(REPO), "-p", "data", str(ws["data"]), "-p", "runs",
-           str(ws["run"].parent), "-p", "final_run", str(ws["run"]), "-p", "figures", str(ws["figures"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "selfsup.cli",
+        "report",
+        "--notebook",
+        str(REPO / "notebooks" / "05_report.ipynb"),
+        "--out",
+        str(out),
+        "-p",
+        "root",
+        str(REPO),
+        "-p",
+        "data",
+        str(ws["data"]),
+        "-p",
+        "runs",
+        str(ws["run"].parent),
+        "-p",
+        "final_run",
+        str(ws["run"]),
+        "-p",
+        "figures",
+        str(ws["figures"]),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     html = out / "report.html"
     if r.returncode and not (html.is_file() and ("xelatex" in r.stderr or "pandoc" in r.stderr)):
@@ -145,11 +197,12 @@ def check_report(browser, html, screenshot=None) -> dict:
         page.goto(html.as_uri(), wait_until="load", timeout=60_000)
         page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=30_000)
         images = page.eval_on_selector_all(
-            "img", "els => els.map(e => ({src: e.getAttribute('src').slice(0, 40), width: e.naturalWidth,"
-                   " height: e.naturalHeight, shown: e.getBoundingClientRect().width}))")
+            "img",
+            "els => els.map(e => ({src: e.getAttribute('src').slice(0, 40), width: e.naturalWidth,"
+            " height: e.naturalHeight, shown: e.getBoundingClientRect().width}))",
+        )
         tables = page.eval_on_selector_all("table", "els => els.map(t => t.rows.length)")
-        seen = dict(report=str(html), images=images, tables=tables, blocked=blocked, errors=errors,
-                    title=page.title())
+        seen = dict(report=str(html), images=images, tables=tables, blocked=blocked, errors=errors, title=page.title())
         if screenshot:
             page.screenshot(path=str(screenshot), full_page=True)
     finally:
@@ -159,8 +212,11 @@ def check_report(browser, html, screenshot=None) -> dict:
         problems.append(f"{len(blocked)} request(s) outside the file: {blocked[:5]}")
     if not images:
         problems.append("no <img> in the report")
-    problems += [f"image {i} ({im['src']}...) not shown: {im['width']}x{im['height']}, {im['shown']} px wide"
-                 for i, im in enumerate(images) if not (im["width"] > 0 and im["height"] > 0 and im["shown"] > 0)]
+    problems += [
+        f"image {i} ({im['src']}...) not shown: {im['width']}x{im['height']}, {im['shown']} px wide"
+        for i, im in enumerate(images)
+        if not (im["width"] > 0 and im["height"] > 0 and im["shown"] > 0)
+    ]
     if not any(rows >= 2 for rows in tables):
         problems.append(f"no table with a header and a row (tables: {tables})")
     if errors:
@@ -203,11 +259,19 @@ def jupyter_lab(workdir, timeout: float = 60):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value))
     port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-               JUPYTERLAB_SETTINGS_DIR=str(home / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
-               MPLBACKEND="Agg")
-    cmd = lab_command(port, token) + ["--ServerApp.root_dir", str(workdir),
-                                      "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+        MPLBACKEND="Agg",
+    )
+    cmd = lab_command(port, token) + [
+        "--ServerApp.root_dir",
+        str(workdir),
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     log_path = workdir.parent / "lab.log"
     log_file = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -229,8 +293,9 @@ def jupyter_lab(workdir, timeout: float = 60):
         yield base, token
     finally:
         with contextlib.suppress(OSError):  # stops the kernels too
-            req = urllib.request.Request(f"{base}/api/shutdown", method="POST",
-                                         headers={"Authorization": f"token {token}"})
+            req = urllib.request.Request(
+                f"{base}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"}
+            )
             urllib.request.urlopen(req, timeout=5).close()
         try:
             proc.wait(timeout=15)
@@ -249,10 +314,21 @@ def prepare_notebook(ws: dict, workdir) -> Path:
     import papermill
 
     out = Path(workdir) / "04_evaluate.ipynb"
-    papermill.execute_notebook(str(REPO / "notebooks" / "04_evaluate.ipynb"), str(out), prepare_only=True,
-                               parameters=dict(root=str(REPO), run_dir=str(ws["run"]), data=str(ws["data"]),
-                                               figures=str(ws["figures"]), n_images=4, tsne_classes=2),
-                               kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(
+        str(REPO / "notebooks" / "04_evaluate.ipynb"),
+        str(out),
+        prepare_only=True,
+        parameters=dict(
+            root=str(REPO),
+            run_dir=str(ws["run"]),
+            data=str(ws["data"]),
+            figures=str(ws["figures"]),
+            n_images=4,
+            tsne_classes=2,
+        ),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     return out
 
 
@@ -345,11 +421,14 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
             # the explorer's image view: found by the slider's label ("image #"), not by position; the
             # panel is the innermost widget holding that slider and an Output widget's image
             sliders = page.locator(".widget-slider").filter(
-                has=page.locator(".widget-label", has_text=re.compile(r"^\s*image\b", re.I)))
+                has=page.locator(".widget-label", has_text=re.compile(r"^\s*image\b", re.I))
+            )
             slider = sliders.first
             panel = page.locator(".lm-Widget").filter(has=sliders).filter(has=page.locator(".widget-output img")).last
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
-                                  ":has(.ansi-red-fg, .ansi-red-intense-fg)")
+            errors = page.locator(
+                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                ":has(.ansi-red-fg, .ansi-red-intense-fg)"
+            )
             deadline = time.monotonic() + timeout
             while not (panel.count() and panel.locator(".widget-output img").count()):
                 if errors.count():
@@ -375,8 +454,9 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
             deadline = time.monotonic() + 30
             while _image_digest(panel) == before["images"]:
                 if time.monotonic() > deadline:
-                    raise CheckFailed(f"explorer unchanged 30 s after choosing image {other} "
-                                      f"(readout: {readout.inner_text()!r})")
+                    raise CheckFailed(
+                        f"explorer unchanged 30 s after choosing image {other} (readout: {readout.inner_text()!r})"
+                    )
                 page.wait_for_timeout(250)
             page.wait_for_timeout(300)  # the Output widget clears and redraws (clear_output(wait=True))
             after = dict(images=_image_digest(panel), text=panel.inner_text(), readout=readout.inner_text().strip())
@@ -404,13 +484,20 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--report", default=str(REPO / "reports" / "report.html"),
-                   help="the exported report to check (default reports/report.html; when missing, a tiny one)")
+    p.add_argument(
+        "--report",
+        default=str(REPO / "reports" / "report.html"),
+        help="the exported report to check (default reports/report.html; when missing, a tiny one)",
+    )
     p.add_argument("--run", help="a finished run for notebook 04 (default: a tiny one made here)")
     p.add_argument("--data", help="its dataset (with --run)")
     p.add_argument("--screens", default=str(REPO / "reports" / "screens"), help="where the PNG screenshots go")
-    p.add_argument("--timeout", type=float, help="seconds for notebook 04 to run in JupyterLab (default 90 on the "
-                   "tiny run, 300 with --run: on the demo data it took 80 s on a busy 2-core CPU)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds for notebook 04 to run in JupyterLab (default 90 on the "
+        "tiny run, 300 with --run: on the demo data it took 80 s on a busy 2-core CPU)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary workspace (printed)")
     args = p.parse_args(argv)
     if bool(args.run) != bool(args.data):
@@ -438,15 +525,20 @@ def main(argv=None) -> int:
             log(f"Chromium {browser.version}: (a) {report} from disk, offline")
             seen = check_report(browser, report, screenshot=screens / "report.png")
             sizes = ", ".join(f"{i['width']}x{i['height']}" for i in seen["images"])
-            log(f"(a) ok: {len(seen['images'])} images ({sizes}), "
-                f"{len(seen['tables'])} tables, 0 requests outside the file -> {screens / 'report.png'}")
+            log(
+                f"(a) ok: {len(seen['images'])} images ({sizes}), "
+                f"{len(seen['tables'])} tables, 0 requests outside the file -> {screens / 'report.png'}"
+            )
             log(f"(b) JupyterLab on 127.0.0.1, notebook 04 on {ws['run']}")
-            seen = check_explorer(browser, ws, tmp / "lab", screens=screens,
-                                 timeout=args.timeout or (300 if args.run else 90))
-            log(f"(b) ok: lab up {seen['lab_up_s']} s, explorer shown at {seen['explorer_s']} s; image 0 -> "
+            seen = check_explorer(
+                browser, ws, tmp / "lab", screens=screens, timeout=args.timeout or (300 if args.run else 90)
+            )
+            log(
+                f"(b) ok: lab up {seen['lab_up_s']} s, explorer shown at {seen['explorer_s']} s; image 0 -> "
                 f"{seen['other_image']} (k-NN prediction {seen['predicted']['0']} -> "
                 f"{seen['predicted'][str(seen['other_image'])]}): panel image {seen['before']['images']} -> "
-                f"{seen['after']['images']} -> {screens}/explorer_before.png, explorer_after.png")
+                f"{seen['after']['images']} -> {screens}/explorer_before.png, explorer_after.png"
+            )
     except CheckFailed as e:
         print(f"check-browser: FAILED: {e}", file=sys.stderr)
         return 1

@@ -19,8 +19,9 @@ def make_tiny_tree(root):
     wnids = ["n01", "n02", "n03", "n04"]
     root.mkdir(parents=True)
     (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
-    (root / "words.txt").write_text("n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\n"
-                                    "n03\tice cream, icecream\nn04\tkimono\n")
+    (root / "words.txt").write_text(
+        "n00\tentity\nn01\tgoldfish, Carassius auratus\nn02\tbison\nn03\tice cream, icecream\nn04\tkimono\n"
+    )
     annotations = []
     for c, wnid in enumerate(wnids):
         for i in range(3):

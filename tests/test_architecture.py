@@ -12,9 +12,17 @@ MODULES = {p.stem: p for p in LIB.glob("*.py") if p.stem != "__init__"}
 
 # Edges that must never come back: the run folder sits low, evaluation never depends on training,
 # the library never depends on the report or the command line.
-FORBIDDEN = {("evaluate", "train"), ("runs", "train"), ("runs", "evaluate"), ("runs", "sweep"), ("runs", "report"),
-             ("config", "runs"), ("methods", "config"), *((m, "cli") for m in MODULES), *((m, "report") for m in
-             ("train", "evaluate", "sweep", "runs", "workbook", "display", "plots", "knn", "probe"))}
+FORBIDDEN = {
+    ("evaluate", "train"),
+    ("runs", "train"),
+    ("runs", "evaluate"),
+    ("runs", "sweep"),
+    ("runs", "report"),
+    ("config", "runs"),
+    ("methods", "config"),
+    *((m, "cli") for m in MODULES),
+    *((m, "report") for m in ("train", "evaluate", "sweep", "runs", "workbook", "display", "plots", "knn", "probe")),
+}
 
 
 def sibling_imports(path: Path) -> list[tuple[str, bool]]:
@@ -73,8 +81,11 @@ def test_no_forbidden_edge():
 
 
 def test_modules_and_functions_sized_to_one_idea():
-    long_modules = [f"{n}: {len(p.read_text().splitlines())} lines" for n, p in MODULES.items()
-                    if len(p.read_text().splitlines()) > 520]
+    long_modules = [
+        f"{n}: {len(p.read_text().splitlines())} lines"
+        for n, p in MODULES.items()
+        if len(p.read_text().splitlines()) > 520
+    ]
     assert long_modules == []
     long_functions = []
     for name, path in MODULES.items():
@@ -86,9 +97,21 @@ def test_modules_and_functions_sized_to_one_idea():
     assert long_functions == []
 
 
-@pytest.mark.parametrize("filename", ["config.json", "run.json", "metrics.jsonl", "checkpoint.pt",
-                                      "encoder.safetensors", "eval.json", "features.npz", "tsne.npz",
-                                      "summary.json", "error.txt"])
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "config.json",
+        "run.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "encoder.safetensors",
+        "eval.json",
+        "features.npz",
+        "tsne.npz",
+        "summary.json",
+        "error.txt",
+    ],
+)
 def test_run_folder_file_names_live_in_runs_only(filename):
     """Docstrings may describe the folder; code names its files through selfsup.runs."""
     users = []
@@ -96,9 +119,14 @@ def test_run_folder_file_names_live_in_runs_only(filename):
         if name == "runs":
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef)) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        docstrings = {
+            id(n.body[0].value)
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef))
+            and n.body
+            and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 if filename in node.value and not node.value.startswith(("selfsup", " ")) and len(node.value) < 40:

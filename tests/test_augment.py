@@ -31,7 +31,10 @@ def smooth_images(batch=4, size=32, low=0.0, high=1.0, seed=0):
     return low + (high - low) * x
 
 
-def params_for(batch, view=A.ViewRecipe(), in_size=(32, 32), seed=0, **overrides):
+DEFAULT_VIEW = A.ViewRecipe()
+
+
+def params_for(batch, view=DEFAULT_VIEW, in_size=(32, 32), seed=0, **overrides):
     g = torch.Generator().manual_seed(seed)
     p = A.sample_params(batch, view, in_size, g)
     for key, value in overrides.items():
@@ -150,8 +153,9 @@ def torchvision_crops(n, in_size, scale, ratio, seed=0):
 @pytest.mark.parametrize("in_size,scale", [((64, 64), (0.2, 1.0)), ((48, 80), (0.08, 1.0))])
 def test_crop_distribution_matches_torchvision(in_size, scale):
     ratio = (3 / 4, 4 / 3)
-    top, left, h, w = (t.numpy() for t in A.sample_crops(
-        N_DRAWS, in_size, scale, ratio, torch.Generator().manual_seed(0)))
+    top, left, h, w = (
+        t.numpy() for t in A.sample_crops(N_DRAWS, in_size, scale, ratio, torch.Generator().manual_seed(0))
+    )
     ref = torchvision_crops(N_DRAWS, in_size, scale, ratio)  # (n, 4): i, j, h, w
     H, W = in_size
     assert (h >= 1).all() and (w >= 1).all() and (top + h <= H).all() and (left + w <= W).all()
@@ -220,11 +224,14 @@ def colour(x, params):
     return P.apply_colour(x, P.colour_matrix(params, x.mean(dim=(2, 3)))).clamp(0, 1)
 
 
-@pytest.mark.parametrize("key,tv_fn", [
-    ("brightness", TF.adjust_brightness),
-    ("contrast", TF.adjust_contrast),
-    ("saturation", TF.adjust_saturation),
-])
+@pytest.mark.parametrize(
+    "key,tv_fn",
+    [
+        ("brightness", TF.adjust_brightness),
+        ("contrast", TF.adjust_contrast),
+        ("saturation", TF.adjust_saturation),
+    ],
+)
 def test_single_jitter_op_matches_torchvision(key, tv_fn):
     x = smooth_images(batch=6)
     factors = torch.tensor([0.0, 0.5, 0.8, 1.0, 1.3, 1.6])
@@ -298,9 +305,13 @@ def test_blur_and_solarize_touch_only_flagged_images(subset, monkeypatch):
 
 
 def full_box(batch, size, flip=False):
-    return dict(top=torch.zeros(batch, dtype=torch.long), left=torch.zeros(batch, dtype=torch.long),
-                height=torch.full((batch,), size), width=torch.full((batch,), size),
-                flip=torch.full((batch,), flip))
+    return dict(
+        top=torch.zeros(batch, dtype=torch.long),
+        left=torch.zeros(batch, dtype=torch.long),
+        height=torch.full((batch,), size),
+        width=torch.full((batch,), size),
+        flip=torch.full((batch,), flip),
+    )
 
 
 def test_full_box_crop_is_identity_and_flip_mirrors():
@@ -321,8 +332,13 @@ def test_crop_grid_equals_affine_grid():
 
 def test_crop_box_coordinates():
     x = smooth_images(batch=2, size=48)
-    box = dict(top=torch.tensor([5, 10]), left=torch.tensor([12, 0]), height=torch.tensor([20, 20]),
-               width=torch.tensor([20, 20]), flip=torch.tensor([False, True]))
+    box = dict(
+        top=torch.tensor([5, 10]),
+        left=torch.tensor([12, 0]),
+        height=torch.tensor([20, 20]),
+        width=torch.tensor([20, 20]),
+        flip=torch.tensor([False, True]),
+    )
     # Same size: the crop is a plain slice.
     ours = P.resized_crop(x, box, 20)
     torch.testing.assert_close(ours[0], x[0, :, 5:25, 12:32], atol=1e-5, rtol=0)

@@ -46,8 +46,10 @@ def test_report_html_offline(browser, ws, tmp_path):
 
 def test_report_check_catches_outside_requests_and_broken_images(browser, tmp_path):
     page = tmp_path / "bad.html"
-    page.write_text('<html><body><img src="https://example.org/figure.png"><img src="missing.png">'
-                    "<table><tr><th>a</th></tr><tr><td>1</td></tr></table></body></html>")
+    page.write_text(
+        '<html><body><img src="https://example.org/figure.png"><img src="missing.png">'
+        "<table><tr><th>a</th></tr><tr><td>1</td></tr></table></body></html>"
+    )
     with pytest.raises(check_browser.CheckFailed) as e:
         check_browser.check_report(browser, page)
     msg = str(e.value)

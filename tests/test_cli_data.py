@@ -1,4 +1,5 @@
-"""`selfsup data ...` on the command line: conversions, and every bad input as one line on stderr, exit 2, nothing written."""
+"""`selfsup data ...` on the command line: conversions, and every bad input as one line on stderr,
+exit 2, nothing written."""
 
 import numpy as np
 import pytest
@@ -19,8 +20,20 @@ def run(capsys, *argv):
 
 
 def test_convert(tiny_tree, tmp_path, capsys):
-    rc, out, err = run(capsys, "data", "convert", tiny_tree, tmp_path / "out", "--id-classes", "2",
-                       "--ood-classes", "1", "--size", "32", "--compress")
+    rc, out, err = run(
+        capsys,
+        "data",
+        "convert",
+        tiny_tree,
+        tmp_path / "out",
+        "--id-classes",
+        "2",
+        "--ood-classes",
+        "1",
+        "--size",
+        "32",
+        "--compress",
+    )
     assert rc == 0 and err == ""
     assert out.startswith(f"read {tiny_tree}: Tiny-ImageNet-200, 4 classes")
     ds = data.load_dataset(tmp_path / "out")
@@ -30,8 +43,21 @@ def test_convert(tiny_tree, tmp_path, capsys):
 
 
 def test_demo_sizes(tmp_path, capsys):
-    rc, out, err = run(capsys, "data", "demo", "--out", tmp_path / "d", "--size", "24", "--train-per-class", "3",
-                       "--val-per-class", "2", "--ood-per-class", "4")
+    rc, out, err = run(
+        capsys,
+        "data",
+        "demo",
+        "--out",
+        tmp_path / "d",
+        "--size",
+        "24",
+        "--train-per-class",
+        "3",
+        "--val-per-class",
+        "2",
+        "--ood-per-class",
+        "4",
+    )
     assert rc == 0 and err == "" and out.startswith(f"wrote {tmp_path / 'd'}")
     ds = data.load_dataset(tmp_path / "d")
     assert ds.train.images.shape == (30, 24, 24, 3) and len(ds.val) == 20 and len(ds.ood) == 40
@@ -79,8 +105,22 @@ def _bad_convert(tiny_tree, tmp_path, case):
     raise AssertionError(case)
 
 
-BAD_CONVERTS = ["size", "size_zero", "seed", "src_missing", "src_not_zip", "src_empty", "unknown_class", "no_id",
-                "overlap", "too_many", "class_file", "bad_image", "bad_annotations", "dest_is_file"]
+BAD_CONVERTS = [
+    "size",
+    "size_zero",
+    "seed",
+    "src_missing",
+    "src_not_zip",
+    "src_empty",
+    "unknown_class",
+    "no_id",
+    "overlap",
+    "too_many",
+    "class_file",
+    "bad_image",
+    "bad_annotations",
+    "dest_is_file",
+]
 
 
 @pytest.mark.parametrize("case", BAD_CONVERTS)
@@ -100,8 +140,7 @@ def test_convert_never_replaces_without_overwrite(tiny_tree, tmp_path, capsys):
     rc, _, err = run(capsys, "data", "convert", tiny_tree, dest, "--id-classes", "1", "--ood-classes", "1")
     assert rc == 2 and "val.npz: already exists" in err and err.count("\n") == 1
     assert [p.name for p in dest.iterdir()] == ["val.npz"] and (dest / "val.npz").read_bytes() == b"keep me"
-    rc, _, _ = run(capsys, "data", "convert", tiny_tree, dest, "--id-classes", "1", "--ood-classes", "1",
-                   "--overwrite")
+    rc, _, _ = run(capsys, "data", "convert", tiny_tree, dest, "--id-classes", "1", "--ood-classes", "1", "--overwrite")
     assert rc == 0 and len(data.load_dataset(dest).val) == 2
 
 
@@ -123,21 +162,56 @@ def test_convert_reads_a_16_bit_png_tree(tmp_path, capsys):
             (tmp_path / "tree" / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(ramp).save(tmp_path / "tree" / cls / f"{i}.png")
     save_image(tmp_path / "tree" / "c" / "rgb.png", (10, 20, 30))
-    rc, _, _ = run(capsys, "data", "convert", tmp_path / "tree", tmp_path / "out", "--id-classes", "a,b",
-                   "--ood-classes", "c")
+    rc, _, _ = run(
+        capsys, "data", "convert", tmp_path / "tree", tmp_path / "out", "--id-classes", "a,b", "--ood-classes", "c"
+    )
     assert rc == 0
     ds = data.load_dataset(tmp_path / "out")
     assert (ds.train.images == 255).mean() < 0.01 and ds.train.images.mean() == pytest.approx(127.4, abs=0.5)
 
 
-@pytest.mark.parametrize("command,fragments", [
-    ("convert", ["SRC is a folder or a .zip", "Tiny-ImageNet-200", "wnids.txt", "val/val_annotations.txt",
-                 "train/<class>/<image>", "val/, valid/, validation/, test/", "wrapping folder", "<class>/<image>",
-                 "90/10", "DEST gets train.npz", "ood.npz", "16-bit", "--compress"]),
-    ("download", ["tiny-imagenet", "md5:90528d7ca1a48142e341f4ef8d21d0de", "no SHA-256", "$SELFSUP_CACHE",
-                  "$SELFSUP_TINYIMAGENET_URL", "--url", "--hash", "DEST gets train.npz", "ood.npz",
-                  "--id-classes", "--ood-classes", "--seed", "--size", "--compress"]),
-])
+@pytest.mark.parametrize(
+    "command,fragments",
+    [
+        (
+            "convert",
+            [
+                "SRC is a folder or a .zip",
+                "Tiny-ImageNet-200",
+                "wnids.txt",
+                "val/val_annotations.txt",
+                "train/<class>/<image>",
+                "val/, valid/, validation/, test/",
+                "wrapping folder",
+                "<class>/<image>",
+                "90/10",
+                "DEST gets train.npz",
+                "ood.npz",
+                "16-bit",
+                "--compress",
+            ],
+        ),
+        (
+            "download",
+            [
+                "tiny-imagenet",
+                "md5:90528d7ca1a48142e341f4ef8d21d0de",
+                "no SHA-256",
+                "$SELFSUP_CACHE",
+                "$SELFSUP_TINYIMAGENET_URL",
+                "--url",
+                "--hash",
+                "DEST gets train.npz",
+                "ood.npz",
+                "--id-classes",
+                "--ood-classes",
+                "--seed",
+                "--size",
+                "--compress",
+            ],
+        ),
+    ],
+)
 def test_help_says_what_src_may_be_and_what_dest_gets(capsys, command, fragments):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["data", command, "--help"])

@@ -23,16 +23,21 @@ def test_overrides_are_parsed_and_typed():
     assert (cfg.lr, cfg.method, cfg.epochs, cfg.compile) == (0.1, "byol", 3, True)
     assert isinstance(cfg.lr, float)
     assert config.load(None, {"lr": 1}).lr == 1.0
-    assert config.load(None, config.parse_overrides(["lr=4e-3"])).lr == 4e-3  # YAML 1.1 reads it as a string  # an int where a float is expected is fine
+    assert (
+        config.load(None, config.parse_overrides(["lr=4e-3"])).lr == 4e-3
+    )  # YAML 1.1 reads it as a string  # an int where a float is expected is fine
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"methd": "simclr"}, "methd"),
-    ({"method": "moco"}, "method"),
-    ({"epochs": "ten"}, "epochs"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"epochs": 2.5}, "epochs"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"methd": "simclr"}, "methd"),
+        ({"method": "moco"}, "method"),
+        ({"epochs": "ten"}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 2.5}, "epochs"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key):
         config.load(None, overrides)
@@ -74,8 +79,9 @@ def test_hash_counts_only_the_settings_the_method_reads():
 
 def test_method_sections_apply_to_their_method_only(tmp_path):
     preset = tmp_path / "p.yaml"
-    preset.write_text("method: simclr\nlr: 0.004\nepochs: 3\nbarlow:\n  proj_dim: 2048\n  lr: 0.001\n"
-                      "byol:\n  byol_momentum: 0.9\n")
+    preset.write_text(
+        "method: simclr\nlr: 0.004\nepochs: 3\nbarlow:\n  proj_dim: 2048\n  lr: 0.001\nbyol:\n  byol_momentum: 0.9\n"
+    )
     simclr = config.load(preset)
     assert (simclr.lr, simclr.proj_dim, simclr.byol_momentum) == (0.004, 0, 0.99)
     barlow = config.load(preset, {"method": "barlow"})
@@ -84,11 +90,14 @@ def test_method_sections_apply_to_their_method_only(tmp_path):
     assert config.load(preset, {"method": "byol"}).byol_momentum == 0.9
 
 
-@pytest.mark.parametrize("text, match", [
-    ("barlow: 3\n", "p.yaml: section 'barlow': expected a mapping"),
-    ("byol:\n  lrr: 0.1\n", "p.yaml: section 'byol': unknown key 'lrr'"),  # checked though simclr is chosen
-    ("barlow:\n  method: byol\n", "section 'barlow': may not set 'method'"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("barlow: 3\n", "p.yaml: section 'barlow': expected a mapping"),
+        ("byol:\n  lrr: 0.1\n", "p.yaml: section 'byol': unknown key 'lrr'"),  # checked though simclr is chosen
+        ("barlow:\n  method: byol\n", "section 'barlow': may not set 'method'"),
+    ],
+)
 def test_bad_method_sections_name_file_and_section(tmp_path, text, match):
     preset = tmp_path / "p.yaml"
     preset.write_text(text)

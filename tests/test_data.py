@@ -95,9 +95,26 @@ def _bad_file(tmp_path, case):
     return write_npz(path, **arrays), fragment
 
 
-BAD_FILES = ["missing", "garbage", "npy", "object", "no_images", "no_labels", "float_images", "rank3_images",
-             "rgba_images", "float_labels", "rank2_labels", "n_mismatch", "empty", "negative_label",
-             "label_too_big", "names_2d", "names_not_str", "names_twice"]
+BAD_FILES = [
+    "missing",
+    "garbage",
+    "npy",
+    "object",
+    "no_images",
+    "no_labels",
+    "float_images",
+    "rank3_images",
+    "rgba_images",
+    "float_labels",
+    "rank2_labels",
+    "n_mismatch",
+    "empty",
+    "negative_label",
+    "label_too_big",
+    "names_2d",
+    "names_not_str",
+    "names_twice",
+]
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
@@ -236,8 +253,9 @@ def _bad_dataset(tmp_path, case):
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["no_folder", "no_val", "bad_ood", "val_size", "ood_size", "val_names",
-                                  "val_more_classes"])
+@pytest.mark.parametrize(
+    "case", ["no_folder", "no_val", "bad_ood", "val_size", "ood_size", "val_names", "val_more_classes"]
+)
 def test_load_dataset_rejects(tmp_path, case):
     folder, culprit = _bad_dataset(tmp_path, case)
     with pytest.raises(DataError) as err:
@@ -303,7 +321,7 @@ def test_demo_draws_dark_objects_on_a_light_ground(tmp_path):
     ds = demo_data.make_demo(tmp_path, n_id_classes=2, n_ood_classes=0, train_per_class=20, val_per_class=1)
     x = ds.train.images.astype(float).mean(-1)  # (N, H, W) grey levels
     h = x.shape[1]
-    centre = x[:, h // 2 - 1:h // 2 + 1, h // 2 - 1:h // 2 + 1].mean((1, 2))
+    centre = x[:, h // 2 - 1 : h // 2 + 1, h // 2 - 1 : h // 2 + 1].mean((1, 2))
     corners = np.stack([x[:, :2, :2], x[:, :2, -2:], x[:, -2:, :2], x[:, -2:, -2:]], 1).mean((1, 2, 3))
     assert ds.train.class_names == ["disc+solid", "disc+checker"]
     assert (centre < corners).all()

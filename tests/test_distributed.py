@@ -17,15 +17,17 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from selfsup import config, data, distributed, losses, train
-from selfsup.runs import Run
-from selfsup.config import ConfigError
-
 from helpers import TINY_RUN, make_tiny
+from selfsup import config, data, distributed, losses, train
+from selfsup.config import ConfigError
+from selfsup.runs import Run
 
 WORLD = 2
-LOSSES = {"nt_xent": lambda a, b: losses.nt_xent(a, b, 0.2), "barlow": losses.barlow_twins_loss,
-          "vicreg": losses.vicreg_loss}
+LOSSES = {
+    "nt_xent": lambda a, b: losses.nt_xent(a, b, 0.2),
+    "barlow": losses.barlow_twins_loss,
+    "vicreg": losses.vicreg_loss,
+}
 
 
 def _spawn(fn, *args):
@@ -89,8 +91,10 @@ def _train_worker(rank, store, folder, runs):
     info = train.train(cfg, ds, f"{runs}/resumed", progress=False, stop_after=1)
     assert info["status"] == "stopped"
     train.train(cfg, ds, f"{runs}/resumed", resume=True, progress=False)
-    for bad, message in [(dict(batch_size=31), "does not split evenly over 2 processes"),
-                         (dict(sync_bn=True), "SyncBatchNorm needs CUDA")]:
+    for bad, message in [
+        (dict(batch_size=31), "does not split evenly over 2 processes"),
+        (dict(sync_bn=True), "SyncBatchNorm needs CUDA"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             train.train(cfg.replace(**bad), ds, f"{runs}/bad", progress=False)
     dist.destroy_process_group()
@@ -122,9 +126,24 @@ def test_processes_draw_their_own_augmentation_each_epoch():
 
 def test_torchrun_runs_the_command_line(tiny_folder, tmp_path):
     sets = [f"--set={k}={v}" for k, v in {**TINY_RUN, "method": "barlow", "epochs": 1}.items()]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
-           "-m", "selfsup.cli", "train", "--config", "configs/demo.yaml", "--data", str(tiny_folder),
-           "--run-dir", str(tmp_path / "run"), "--no-progress", *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={WORLD}",
+        "-m",
+        "selfsup.cli",
+        "train",
+        "--config",
+        "configs/demo.yaml",
+        "--data",
+        str(tiny_folder),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

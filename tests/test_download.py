@@ -72,12 +72,20 @@ def test_download_converts_and_caches(server, tiny_zip, tmp_path):
     payload, md5, tree = tiny_zip
     server.routes["/tiny.zip"] = payload
     cache = tmp_path / "cache"
-    summary = download.tiny_imagenet(tmp_path / "out", ["n03", "n01"], ["n04"], url=server.url + "/tiny.zip",
-                                     known_hash=md5, cache=cache, progress=False)
+    summary = download.tiny_imagenet(
+        tmp_path / "out",
+        ["n03", "n01"],
+        ["n04"],
+        url=server.url + "/tiny.zip",
+        known_hash=md5,
+        cache=cache,
+        progress=False,
+    )
     assert summary["layout"] == "tinyimagenet" and (summary["train"], summary["val"], summary["ood"]) == (6, 4, 2)
     assert summary["archive"] == str(cache / "tiny-imagenet-200.zip")
     assert (cache / "tiny-imagenet-200.zip").read_bytes() == payload and [p.name for p in cache.iterdir()] == [
-        "tiny-imagenet-200.zip"]
+        "tiny-imagenet-200.zip"
+    ]
     # What was downloaded converts exactly as the tree it was zipped from.
     imagefolder.convert(tree, tmp_path / "direct", ["n03", "n01"], ["n04"])
     got, want = data.load_dataset(tmp_path / "out"), data.load_dataset(tmp_path / "direct")
@@ -88,8 +96,9 @@ def test_download_converts_and_caches(server, tiny_zip, tmp_path):
     assert got.train.class_names == ["ice cream", "goldfish"]
     # A second conversion comes from the cache: no request.
     assert server.requests == 1
-    download.tiny_imagenet(tmp_path / "again", "2", "1", url=server.url + "/tiny.zip", known_hash=md5, cache=cache,
-                           progress=False)
+    download.tiny_imagenet(
+        tmp_path / "again", "2", "1", url=server.url + "/tiny.zip", known_hash=md5, cache=cache, progress=False
+    )
     assert server.requests == 1 and len(data.load_dataset(tmp_path / "again").ood) == 2
 
 
@@ -99,8 +108,9 @@ def test_a_cached_file_that_does_not_match_is_fetched_again(server, tiny_zip, tm
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "tiny-imagenet-200.zip").write_bytes(payload[: len(payload) // 2])  # an old, interrupted copy
-    download.tiny_imagenet(tmp_path / "out", "n01", "n02", url=server.url + "/tiny.zip", known_hash=md5,
-                           cache=cache, progress=False)
+    download.tiny_imagenet(
+        tmp_path / "out", "n01", "n02", url=server.url + "/tiny.zip", known_hash=md5, cache=cache, progress=False
+    )
     assert server.requests == 1 and (cache / "tiny-imagenet-200.zip").read_bytes() == payload
 
 
@@ -128,8 +138,25 @@ def test_bad_download_is_one_line_exit_2_and_leaves_nothing(server, tiny_zip, tm
     payload, md5, _ = tiny_zip
     fragment = _bad_download(server, payload, case)
     cache, dest = tmp_path / "cache", tmp_path / "out"
-    rc = cli.main(["data", "download", "tiny-imagenet", str(dest), "--id-classes", "2", "--ood-classes", "1",
-                   "--url", server.url + "/tiny.zip", "--hash", md5, "--cache", str(cache), "--no-progress"])
+    rc = cli.main(
+        [
+            "data",
+            "download",
+            "tiny-imagenet",
+            str(dest),
+            "--id-classes",
+            "2",
+            "--ood-classes",
+            "1",
+            "--url",
+            server.url + "/tiny.zip",
+            "--hash",
+            md5,
+            "--cache",
+            str(cache),
+            "--no-progress",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert err.startswith("selfsup: error: ") and err.count("\n") == 1 and fragment in err, err
@@ -146,8 +173,23 @@ def test_cli_download_with_env_url_and_cache(server, tiny_zip, tmp_path, capsys,
     monkeypatch.setenv(download.URL_ENV, server.url + "/mirror/tiny-imagenet-200.zip")
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "envcache"))
     dest = tmp_path / "data" / "tin"
-    rc = cli.main(["data", "download", "tiny-imagenet", str(dest), "--id-classes", "n01,n02", "--ood-classes", "n03",
-                   "--hash", md5, "--size", "32", "--compress"])
+    rc = cli.main(
+        [
+            "data",
+            "download",
+            "tiny-imagenet",
+            str(dest),
+            "--id-classes",
+            "n01,n02",
+            "--ood-classes",
+            "n03",
+            "--hash",
+            md5,
+            "--size",
+            "32",
+            "--compress",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "Tiny-ImageNet-200" in out and f"wrote {dest}" in out
@@ -157,16 +199,33 @@ def test_cli_download_with_env_url_and_cache(server, tiny_zip, tmp_path, capsys,
     assert ds.train.images.shape == (6, 32, 32, 3) and ds.ood.class_names == ["ice cream"]
 
 
-@pytest.mark.parametrize("extra,fragment", [
-    (["--url", "file:///tmp/tiny.zip"], "--url"),
-    (["--hash", "md5:1234"], "--hash"),
-    (["--size", "-5"], "--size"),
-])
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--url", "file:///tmp/tiny.zip"], "--url"),
+        (["--hash", "md5:1234"], "--hash"),
+        (["--size", "-5"], "--size"),
+    ],
+)
 def test_bad_options_fail_before_downloading(server, tiny_zip, tmp_path, capsys, extra, fragment):
     payload, md5, _ = tiny_zip
     server.routes["/tiny.zip"] = payload
-    args = ["data", "download", "tiny-imagenet", str(tmp_path / "out"), "--id-classes", "1", "--ood-classes", "1",
-            "--url", server.url + "/tiny.zip", "--hash", md5, "--cache", str(tmp_path / "cache")]
+    args = [
+        "data",
+        "download",
+        "tiny-imagenet",
+        str(tmp_path / "out"),
+        "--id-classes",
+        "1",
+        "--ood-classes",
+        "1",
+        "--url",
+        server.url + "/tiny.zip",
+        "--hash",
+        md5,
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     rc = cli.main(args + extra)
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and fragment in err, err
@@ -179,8 +238,15 @@ def test_existing_dest_fails_before_downloading(server, tiny_zip, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "train.npz").write_bytes(b"keep")
     with pytest.raises(DataError, match="already exists"):
-        download.tiny_imagenet(tmp_path / "out", "1", "1", url=server.url + "/tiny.zip", known_hash=md5,
-                               cache=tmp_path / "cache", progress=False)
+        download.tiny_imagenet(
+            tmp_path / "out",
+            "1",
+            "1",
+            url=server.url + "/tiny.zip",
+            known_hash=md5,
+            cache=tmp_path / "cache",
+            progress=False,
+        )
     assert server.requests == 0 and (tmp_path / "out" / "train.npz").read_bytes() == b"keep"
 
 

@@ -137,8 +137,9 @@ def test_knn_distance_weights_match_sklearn_including_exact_matches():
     test, _ = clustered(rng, 200, 32, spread=3.0)
     test[:20] = train[:20]  # zero distance: those neighbours take all the weight
     for k in (5, 10):
-        np.testing.assert_array_equal(ours(train, y, test, k=k, weights="distance"),
-                                      sk_predict(train, y, test, k=k, weights="distance"))
+        np.testing.assert_array_equal(
+            ours(train, y, test, k=k, weights="distance"), sk_predict(train, y, test, k=k, weights="distance")
+        )
 
 
 def test_knn_near_equidistant_points_force_candidate_fallback():
@@ -199,12 +200,13 @@ def test_cosine_uniform_is_euclidean_on_normalised_features():
     train, y = clustered(rng, 400, 32, spread=3.0)
     test, _ = clustered(rng, 150, 32, spread=3.0)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    np.testing.assert_array_equal(ours(train, y, test, metric="cosine"),
-                                  sk_predict(unit(train), y, unit(test)))
+    np.testing.assert_array_equal(ours(train, y, test, metric="cosine"), sk_predict(unit(train), y, unit(test)))
 
 
-@pytest.mark.parametrize("metric,weights", [("euclidean", "uniform"), ("euclidean", "distance"),
-                                            ("cosine", "uniform"), ("cosine", "distance")])
+@pytest.mark.parametrize(
+    "metric,weights",
+    [("euclidean", "uniform"), ("euclidean", "distance"), ("cosine", "uniform"), ("cosine", "distance")],
+)
 def test_chunking_does_not_change_results(metric, weights):
     rng = np.random.default_rng(9)
     train = rng.integers(0, 3, (500, 16)).astype(np.float32)  # many ties: the hard case
@@ -250,8 +252,13 @@ def test_knn_input_errors():
 
 def tiny_encoder():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    )
 
 
 def test_extract_features_batched_eval_mode_and_layouts():
@@ -328,8 +335,9 @@ def test_stratified_split_is_seeded_and_per_class():
 def test_ood_protocol_uses_the_course_split_exactly():
     rng = np.random.default_rng(2)
     feats, labels = clustered(rng, 250, 32, n_classes=5, spread=2.0)
-    res = evaluate.ood_protocol(feats, labels, weighted_k=10, linear=True,
-                                probe_kwargs=dict(weight_decays=(1e-2,), epochs=30))
+    res = evaluate.ood_protocol(
+        feats, labels, weighted_k=10, linear=True, probe_kwargs=dict(weight_decays=(1e-2,), epochs=30)
+    )
     mask = data.ood_split(250)
     assert mask.sum() == 200  # RandomState(42).permutation(n) >= int(0.2 n)
     np.testing.assert_array_equal(res["train_index"], np.flatnonzero(mask))
@@ -355,8 +363,21 @@ def test_protocol_table_rows_and_course_row():
 
 # --------------------------------------------------------------------------- a tiny run folder
 
-TINY = dict(backbone="convnet", width=4, image_size=32, proj_hidden=16, proj_dim=8, pred_hidden=16,
-            batch_size=32, epochs=1, warmup_epochs=0.5, lr=1e-3, device="cpu", knn_train_limit=50, seed=3)
+TINY = dict(
+    backbone="convnet",
+    width=4,
+    image_size=32,
+    proj_hidden=16,
+    proj_dim=8,
+    pred_hidden=16,
+    batch_size=32,
+    epochs=1,
+    warmup_epochs=0.5,
+    lr=1e-3,
+    device="cpu",
+    knn_train_limit=50,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -364,8 +385,9 @@ def tiny_run(tmp_path_factory):
     from selfsup import config, train
 
     folder = tmp_path_factory.mktemp("data")
-    demo_data.make_demo(folder, seed=2, n_id_classes=3, n_ood_classes=2, train_per_class=24, val_per_class=8,
-                   ood_per_class=15, size=32)
+    demo_data.make_demo(
+        folder, seed=2, n_id_classes=3, n_ood_classes=2, train_per_class=24, val_per_class=8, ood_per_class=15, size=32
+    )
     run = tmp_path_factory.mktemp("run")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -428,8 +450,9 @@ def test_selection_never_looks_at_val_or_ood():
             self.train, self.val, self.ood = Split(y), Split(yv), None
 
     a = evaluate.evaluate_features({"train": train, "val": val}, Dataset(yv), "cpu", linear=False, table=False)
-    b = evaluate.evaluate_features({"train": train, "val": -val}, Dataset(rng.permutation(yv)), "cpu",
-                                   linear=False, table=False)
+    b = evaluate.evaluate_features(
+        {"train": train, "val": -val}, Dataset(rng.permutation(yv)), "cpu", linear=False, table=False
+    )
     assert a["select"] == b["select"] and a["val"]["knn"] != b["val"]["knn"]
     ref, held = evaluate.select_parts(y)
     assert len(np.intersect1d(ref, held)) == 0 and len(ref) + len(held) == 200

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 STEPS = ["env", "data", "cuda_tests", "throughput", "cifar", "knn", "probe", "compile", "learning"]
 
-pytestmark = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("timeout")),
-                                reason="needs bash and coreutils timeout")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("bash") and shutil.which("timeout")), reason="needs bash and coreutils timeout"
+)
 
 
 def run_script(tmp_path, **env):
@@ -26,8 +27,14 @@ def run_script(tmp_path, **env):
     (tmp_path / "tmp").mkdir()
     cwd.mkdir()
     environ = dict(os.environ, PY=sys.executable, TMPDIR=str(tmp_path / "tmp"), **env)
-    proc = subprocess.run(["bash", str(SCRIPT), "", str(tmp_path / "out")], cwd=cwd, env=environ,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "", str(tmp_path / "out")],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, cwd
 
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_RUN, make_tiny
 from selfsup import config, data, evaluate, report, train
 from selfsup.methods import REGISTRY
 from selfsup.runs import Run, RunError
-
-from helpers import TINY_RUN, make_tiny
 
 GPU_LIKE = dict(precision="bf16", channels_last="on", fused="on")
 
@@ -66,7 +65,7 @@ class _FailsInBackward(torch.autograd.Function):
 def test_compile_fallback_covers_the_backward_and_shows_the_error(tiny, tmp_path, monkeypatch, capsys):
     _, ds = tiny
     # torch compiles the backward lazily, inside loss.backward(): a failure there must fall back too
-    monkeypatch.setattr(torch, "compile", lambda fn: (lambda *a: _FailsInBackward.apply(fn(*a))))
+    monkeypatch.setattr(torch, "compile", lambda fn: lambda *a: _FailsInBackward.apply(fn(*a)))
     cfg = config.load(None, {**TINY_RUN, "epochs": 1, "compile": True})
     info = train.train(cfg, ds, tmp_path / "r", progress=False)
     assert info["status"] == "finished"
@@ -81,6 +80,7 @@ def test_errors_that_are_not_compile_errors_propagate(tiny, tmp_path, monkeypatc
     def out_of_memory(fn):
         def call(*a):
             raise RuntimeError("CUDA out of memory (injected)")
+
         return call
 
     monkeypatch.setattr(torch, "compile", out_of_memory)
@@ -108,8 +108,9 @@ def test_resume_on_another_device_type_is_refused_before_anything_is_written(tin
 def test_deterministic_setting_turns_on_deterministic_algorithms(tiny, tmp_path):
     _, ds = tiny
     try:
-        train.train(config.load(None, {**TINY_RUN, "epochs": 1, "deterministic": True}), ds, tmp_path / "r",
-                    progress=False)
+        train.train(
+            config.load(None, {**TINY_RUN, "epochs": 1, "deterministic": True}), ds, tmp_path / "r", progress=False
+        )
         assert torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from image_trees import COLOURS, assert_colours, make_tiny_tree, make_tree, save_image, zip_tree
 from selfsup import data, imagefolder
 from selfsup.data import DataError
-from image_trees import COLOURS, assert_colours, make_tiny_tree, make_tree, save_image, zip_tree
 
 
 @pytest.fixture
@@ -149,7 +149,9 @@ def test_impossible_size_is_a_one_line_error(tiny_tree, tmp_path):
 
 @pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
 def test_train_with_any_held_out_folder(tmp_path, held_out):
-    src = make_tree(tmp_path / "tree", {"train": {"cat": 4, "dog": 4, "eel": 4}, held_out: {"cat": 2, "dog": 2, "eel": 3}})
+    src = make_tree(
+        tmp_path / "tree", {"train": {"cat": 4, "dog": 4, "eel": 4}, held_out: {"cat": 2, "dog": 2, "eel": 3}}
+    )
     assert imagefolder.list_classes(src) == ["cat", "dog", "eel"]  # not ["test", "train"]
     summary = imagefolder.convert(src, tmp_path / "out", id_classes="cat,dog", ood_classes="eel")
     assert summary["layout"] == "imagefolder-trainval" and summary["held_out"] == held_out
@@ -161,8 +163,9 @@ def test_train_with_any_held_out_folder(tmp_path, held_out):
 
 
 def test_held_out_folders_are_tried_in_order_and_unlabelled_ones_skipped(tmp_path):
-    src = make_tree(tmp_path / "a", {"train": {"cat": 3, "dog": 3}, "valid": {"cat": 1, "dog": 1},
-                                     "test": {"cat": 2, "dog": 2}})
+    src = make_tree(
+        tmp_path / "a", {"train": {"cat": 3, "dog": 3}, "valid": {"cat": 1, "dog": 1}, "test": {"cat": 2, "dog": 2}}
+    )
     assert imagefolder.convert(src, tmp_path / "o1", "cat", "dog")["held_out"] == "valid"
     src = make_tree(tmp_path / "b", {"train": {"cat": 10, "dog": 10}})
     save_image(src / "test" / "unlabelled.png", COLOURS[0])  # Kaggle style: test/ without classes
@@ -184,9 +187,14 @@ def test_wrapping_folders_are_looked_into(tmp_path):
 
 
 def test_zip_source_gives_the_same_arrays_as_the_folder(tmp_path):
-    src = make_tree(tmp_path / "cifar10", {"train": {"cat": 3, "dog": 3, "eel": 3}, "test": {"cat": 1, "dog": 1, "eel": 2}})
-    archive = zip_tree(src, tmp_path / "cifar10.zip", extra=[("__MACOSX/cifar10/._x.png", b"junk"),
-                                                               ("cifar10/train/cat/.DS_Store", b"junk")])
+    src = make_tree(
+        tmp_path / "cifar10", {"train": {"cat": 3, "dog": 3, "eel": 3}, "test": {"cat": 1, "dog": 1, "eel": 2}}
+    )
+    archive = zip_tree(
+        src,
+        tmp_path / "cifar10.zip",
+        extra=[("__MACOSX/cifar10/._x.png", b"junk"), ("cifar10/train/cat/.DS_Store", b"junk")],
+    )
     imagefolder.convert(src, tmp_path / "from_dir", "cat,eel", "dog")
     summary = imagefolder.convert(archive, tmp_path / "from_zip", "cat,eel", "dog")
     assert summary["description"].startswith(f"{archive}/cifar10:")
@@ -251,14 +259,17 @@ def test_pick_classes_forms(tmp_path):
     assert imagefolder.pick_classes(AVAILABLE, "5", seed=1) != ids
 
 
-@pytest.mark.parametrize("spec,exclude,fragment", [
-    ("n01,n99", (), "n99"),
-    ("n01,n01", (), "twice"),
-    ("n01,n02", ("n02",), "both ID and OOD"),
-    ("21", (), "only 20"),
-    ("19", ("n00", "n01"), "only 18"),
-    ("@/no/such/file.txt", (), "file.txt"),
-])
+@pytest.mark.parametrize(
+    "spec,exclude,fragment",
+    [
+        ("n01,n99", (), "n99"),
+        ("n01,n01", (), "twice"),
+        ("n01,n02", ("n02",), "both ID and OOD"),
+        ("21", (), "only 20"),
+        ("19", ("n00", "n01"), "only 18"),
+        ("@/no/such/file.txt", (), "file.txt"),
+    ],
+)
 def test_pick_classes_errors(spec, exclude, fragment):
     with pytest.raises(DataError, match=fragment):
         imagefolder.pick_classes(AVAILABLE, spec, exclude=exclude)

@@ -133,10 +133,15 @@ def test_barlow_twins_matches_authors_and_loops(lambd):
 def test_barlow_twins_analytic_identity():
     # Walsh columns: zero mean, unit (biased) variance, mutually orthogonal. With identical views
     # c = I / (1 + eps) exactly, so the loss is D * (1 - 1/(1 + eps))^2 and off-diagonals vanish.
-    z = torch.tensor([[1, 1, 1, 1, -1, -1, -1, -1],
-                      [1, 1, -1, -1, 1, 1, -1, -1],
-                      [1, -1, 1, -1, 1, -1, 1, -1],
-                      [1, -1, -1, 1, 1, -1, -1, 1]], dtype=torch.float64).T  # (B=8, D=4)
+    z = torch.tensor(
+        [
+            [1, 1, 1, 1, -1, -1, -1, -1],
+            [1, 1, -1, -1, 1, 1, -1, -1],
+            [1, -1, 1, -1, 1, -1, 1, -1],
+            [1, -1, -1, 1, 1, -1, -1, 1],
+        ],
+        dtype=torch.float64,
+    ).T  # (B=8, D=4)
     expected = 4 * (1 - 1 / (1 + 1e-5)) ** 2
     assert barlow_twins_loss(z, z.clone(), 5e-3).item() == pytest.approx(expected, rel=1e-6)
     # Anti-correlated views: c = -I / (1 + eps), so each diagonal term is (1 + 1/(1 + eps))^2.

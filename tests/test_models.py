@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from selfsup.methods import REGISTRY
 from selfsup import config, methods, models
+from selfsup.methods import REGISTRY
 
 
 @pytest.mark.parametrize("stem, spatial", [("imagenet", 2), ("cifar_pool", 4), ("cifar", 8)])
@@ -36,8 +36,9 @@ def test_mlp_shapes_and_last_bn():
 
 
 def tiny(method):
-    return config.load(None, dict(method=method, backbone="convnet", width=4, proj_hidden=16, proj_dim=8,
-                                  pred_hidden=16))
+    return config.load(
+        None, dict(method=method, backbone="convnet", width=4, proj_hidden=16, proj_dim=8, pred_hidden=16)
+    )
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from helpers import TINY_PRESET, pdf_text
+from selfsup import demo_data, display, report, results, workbook
 from selfsup.methods import REGISTRY
-from selfsup import data, demo_data, display, report, results, sweep, workbook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -30,8 +30,7 @@ def execute(name, out_dir, cwd=REPO, **parameters):
 
 
 def outputs(nb, mime):
-    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if mime in o.get("data", {})]
+    return [o["data"][mime] for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})]
 
 
 def recorded(nb):
@@ -44,19 +43,40 @@ def recorded(nb):
 def ws(tmp_path_factory):
     """A tiny workspace: data, preset, and a finished, evaluated run trained by notebook 03."""
     root = tmp_path_factory.mktemp("workbook")
-    demo_data.make_demo(root / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=8,
-                   ood_per_class=10, size=32)
+    demo_data.make_demo(
+        root / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=8, ood_per_class=10, size=32
+    )
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    ws = dict(root=root, data=root / "data", preset=root / "tiny.yaml", runs=root / "runs",
-              run=root / "runs" / "final", figures=root / "figures", out=root / "executed")
-    ws["nb03"] = execute("03_train.ipynb", ws["out"], root=str(REPO), config=str(ws["preset"]), data=str(ws["data"]),
-                         run_dir=str(ws["run"]), overrides={"epochs": 2}, progress=False)
+    ws = dict(
+        root=root,
+        data=root / "data",
+        preset=root / "tiny.yaml",
+        runs=root / "runs",
+        run=root / "runs" / "final",
+        figures=root / "figures",
+        out=root / "executed",
+    )
+    ws["nb03"] = execute(
+        "03_train.ipynb",
+        ws["out"],
+        root=str(REPO),
+        config=str(ws["preset"]),
+        data=str(ws["data"]),
+        run_dir=str(ws["run"]),
+        overrides={"epochs": 2},
+        progress=False,
+    )
     return ws
 
 
 def test_notebooks_are_stored_clean():
-    assert [p.name for p in NOTEBOOKS] == ["01_compare_methods.ipynb", "02_ablations.ipynb", "03_train.ipynb",
-                                           "04_evaluate.ipynb", "05_report.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_compare_methods.ipynb",
+        "02_ablations.ipynb",
+        "03_train.ipynb",
+        "04_evaluate.ipynb",
+        "05_report.ipynb",
+    ]
     for path in NOTEBOOKS:
         nb = nbformat.read(path, as_version=4)
         nbformat.validate(nb)
@@ -74,8 +94,15 @@ def test_notebooks_are_stored_clean():
 
 def test_03_train_writes_an_evaluated_run(ws):
     run = ws["run"]
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "encoder.safetensors", "run.json", "eval.json",
-                 "summary.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "encoder.safetensors",
+        "run.json",
+        "eval.json",
+        "summary.json",
+    ):
         assert (run / name).is_file(), name
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     rec = recorded(ws["nb03"])
@@ -87,16 +114,34 @@ def test_03_train_writes_an_evaluated_run(ws):
 
 def test_03_resume_of_a_finished_run_returns_at_once(ws, tmp_path):
     metrics = (ws["run"] / "metrics.jsonl").read_text()
-    nb = execute("03_train.ipynb", tmp_path, root=str(REPO), config=str(ws["preset"]), data=str(ws["data"]),
-                 run_dir=str(ws["run"]), overrides={"epochs": 2}, resume=True, evaluate=False, progress=False)
+    nb = execute(
+        "03_train.ipynb",
+        tmp_path,
+        root=str(REPO),
+        config=str(ws["preset"]),
+        data=str(ws["data"]),
+        run_dir=str(ws["run"]),
+        overrides={"epochs": 2},
+        resume=True,
+        evaluate=False,
+        progress=False,
+    )
     assert recorded(nb)["status"] == "finished"
     assert (ws["run"] / "metrics.jsonl").read_text() == metrics
 
 
 def test_04_evaluate_figures_tables_explorer(ws):
     # cwd = notebooks/ and root detected: the layout JupyterLab users have
-    nb = execute("04_evaluate.ipynb", ws["out"], cwd=REPO / "notebooks", run_dir=str(ws["run"]), data=str(ws["data"]),
-                 figures=str(ws["figures"]), n_images=4, tsne_classes=2)
+    nb = execute(
+        "04_evaluate.ipynb",
+        ws["out"],
+        cwd=REPO / "notebooks",
+        run_dir=str(ws["run"]),
+        data=str(ws["data"]),
+        figures=str(ws["figures"]),
+        n_images=4,
+        tsne_classes=2,
+    )
     for i in (1, 2, 3):
         assert (ws["figures"] / f"Figure{i}.png").stat().st_size > 1000
     md = "\n".join(outputs(nb, "text/markdown"))
@@ -107,23 +152,42 @@ def test_04_evaluate_figures_tables_explorer(ws):
 
 
 def test_01_compare_methods_and_02_ablations(ws):
-    nb = execute("01_compare_methods.ipynb", ws["out"], root=str(REPO), config=str(ws["preset"]),
-                 data=str(ws["data"]), runs=str(ws["runs"]), figures=str(ws["figures"]), overrides={"epochs": 1},
-                 method_overrides={"byol": {"lr": 0.001}}, eval_options=FAST_EVAL, seeds=2)
+    nb = execute(
+        "01_compare_methods.ipynb",
+        ws["out"],
+        root=str(REPO),
+        config=str(ws["preset"]),
+        data=str(ws["data"]),
+        runs=str(ws["runs"]),
+        figures=str(ws["figures"]),
+        overrides={"epochs": 1},
+        method_overrides={"byol": {"lr": 0.001}},
+        eval_options=FAST_EVAL,
+        seeds=2,
+    )
     rec = recorded(nb)
     assert rec["sweep"] == "compare_tiny" and set(rec["methods"]) == set(REGISTRY)
-    assert all(m["n_seeds"] == 2 and m["val_knn_interval"] >= 0 for m in rec["methods"].values())  # 2 seeds: a t-interval
+    assert all(
+        m["n_seeds"] == 2 and m["val_knn_interval"] >= 0 for m in rec["methods"].values()
+    )  # 2 seeds: a t-interval
     rows = results.load_results("compare_tiny", runs_root=ws["runs"]).to_dict("records")
     assert sorted((r["method"], r["seed"], r["status"]) for r in rows) == sorted(
-        (m, s, "finished") for m in REGISTRY for s in (0, 1))
+        (m, s, "finished") for m in REGISTRY for s in (0, 1)
+    )
     assert {r["point"] for r in rows} == {"method-simclr", "method-byol_lr-0.001", "method-barlow", "method-vicreg"}
     md = "\n".join(outputs(nb, "text/markdown"))
     assert "| method | seeds | k-NN val | floor |" in md and " ± " in md and "Best by k-NN on val" in md
     assert (ws["figures"] / "compare_tiny.png").is_file()
 
     # 02 over the comparison sweep: its axis (method) is shown, the course axes are "not run"
-    nb = execute("02_ablations.ipynb", ws["out"], cwd=REPO / "notebooks", runs=str(ws["runs"]),
-                 sweeps=["compare_tiny"], figures=str(ws["figures"]))
+    nb = execute(
+        "02_ablations.ipynb",
+        ws["out"],
+        cwd=REPO / "notebooks",
+        runs=str(ws["runs"]),
+        sweeps=["compare_tiny"],
+        figures=str(ws["figures"]),
+    )
     rec = recorded(nb)
     assert rec["temperature"] == "not run" and rec["backbone"] == "not run"
     assert set(rec["method"]["compare_tiny"]["values"]) == set(REGISTRY)
@@ -136,9 +200,18 @@ def test_01_compare_methods_and_02_ablations(ws):
 
 def test_05_report_exports_html_pdf_md(ws):
     out = ws["root"] / "reports"
-    paths = workbook.export(REPO / "notebooks" / "05_report.ipynb", out,
-                          dict(root=str(REPO), data=str(ws["data"]), runs=str(ws["runs"]),
-                               final_run=str(ws["run"]), figures=str(ws["figures"])), progress=False)
+    paths = workbook.export(
+        REPO / "notebooks" / "05_report.ipynb",
+        out,
+        dict(
+            root=str(REPO),
+            data=str(ws["data"]),
+            runs=str(ws["runs"]),
+            final_run=str(ws["run"]),
+            figures=str(ws["figures"]),
+        ),
+        progress=False,
+    )
     assert [p.name for p in paths] == ["report.html", "report.md", "report.pdf"]
     summary = json.loads((ws["run"] / "eval.json").read_text())["summary"]
     val_knn = display.pct(summary["val_knn"])
@@ -160,6 +233,8 @@ def test_05_report_exports_html_pdf_md(ws):
     assert "Figure 2. 4 random validation images" in text
     assert "Discussion and limitations" in text
     # every table's header words come out whole and in order (no "temperatustatus", no "ran- dom")
-    for header in ("method seeds k-NN val floor k-NN OOD floor linear val floor",
-                   "protocol val, trained val, random init OOD, trained OOD, random init"):
+    for header in (
+        "method seeds k-NN val floor k-NN OOD floor linear val floor",
+        "protocol val, trained val, random init OOD, trained OOD, random init",
+    ):
         assert header in text, header

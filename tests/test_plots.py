@@ -24,8 +24,16 @@ def check_png(path, min_kb=5):
 
 
 def test_figure1_curves(tmp_path):
-    metrics = [dict(epoch=e, train_loss=5 - 0.3 * e, val_loss=5.2 - 0.25 * e if e % 2 == 0 else None,
-                    knn_acc=0.2 + 0.05 * e, lr=1e-3) for e in range(1, 11)]
+    metrics = [
+        dict(
+            epoch=e,
+            train_loss=5 - 0.3 * e,
+            val_loss=5.2 - 0.25 * e if e % 2 == 0 else None,
+            knn_acc=0.2 + 0.05 * e,
+            lr=1e-3,
+        )
+        for e in range(1, 11)
+    ]
     fig = plots.figure1_curves(metrics, tmp_path / "figs" / "Figure1.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     h, w, _ = check_png(tmp_path / "figs" / "Figure1.png")
@@ -40,8 +48,19 @@ def test_figure2_predictions_colours_right_and_wrong(tmp_path):
     pred = true.copy()
     pred[::2] = (pred[::2] + 1) % 5
     ood_true = np.arange(12) % 3
-    fig = plots.figure2_predictions(images(n), true, pred, NAMES[:5], images(12, seed=1), ood_true, ood_true,
-                                    ["o0", "o1", "o2"], n=10, seed=0, path=tmp_path / "Figure2.png")
+    fig = plots.figure2_predictions(
+        images(n),
+        true,
+        pred,
+        NAMES[:5],
+        images(12, seed=1),
+        ood_true,
+        ood_true,
+        ["o0", "o1", "o2"],
+        n=10,
+        seed=0,
+        path=tmp_path / "Figure2.png",
+    )
     check_png(tmp_path / "Figure2.png")
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == 20
@@ -70,8 +89,9 @@ def test_figure3_tsne_highlights_twenty_classes(tmp_path, one_thread):
     val_f = rng.normal(size=(75, 8)) + 3 * np.eye(25, 8)[val_y]
     ood_y = np.arange(30) % 3
     ood_f = rng.normal(size=(30, 8))
-    fig = plots.figure3_tsne(val_f, val_y, ood_f, ood_y, class_names=NAMES, tsne_kwargs=dict(max_iter=250),
-                             path=tmp_path / "Figure3.png")
+    fig = plots.figure3_tsne(
+        val_f, val_y, ood_f, ood_y, class_names=NAMES, tsne_kwargs=dict(max_iter=250), path=tmp_path / "Figure3.png"
+    )
     check_png(tmp_path / "Figure3.png")
     ax_val, ax_ood = fig.axes
     legend_val = [t.get_text() for t in ax_val.get_legend().get_texts()]
@@ -92,8 +112,9 @@ def test_neighbour_gallery(tmp_path):
     q, train = images(4, seed=2), images(50, seed=3)
     idx = np.arange(20).reshape(4, 5)
     labels = np.arange(50) % 5
-    fig = plots.neighbour_gallery(q, train, idx, labels, NAMES[:5], query_labels=[0, 1, 2, 3],
-                                  path=tmp_path / "gallery.png")
+    fig = plots.neighbour_gallery(
+        q, train, idx, labels, NAMES[:5], query_labels=[0, 1, 2, 3], path=tmp_path / "gallery.png"
+    )
     assert len(fig.axes) == 4 * 6
     check_png(tmp_path / "gallery.png")
     assert fig.axes[1].get_title() == "1: class0"
@@ -103,8 +124,10 @@ def test_neighbour_gallery(tmp_path):
 
 
 def test_comparison_bar_with_floor(tmp_path):
-    results = {m: dict(val_knn=a, ood_knn=b, random_init_val_knn=0.25, random_init_ood_knn=0.3)
-               for m, a, b in (("simclr", 0.7, 0.5), ("byol", 0.65, 0.55), ("barlow", 0.6, None))}
+    results = {
+        m: dict(val_knn=a, ood_knn=b, random_init_val_knn=0.25, random_init_ood_knn=0.3)
+        for m, a, b in (("simclr", 0.7, 0.5), ("byol", 0.65, 0.55), ("barlow", 0.6, None))
+    }
     fig = plots.comparison_bar(results, path=tmp_path / "bar.png")
     check_png(tmp_path / "bar.png", min_kb=3)
     ax = fig.axes[0]
@@ -114,15 +137,19 @@ def test_comparison_bar_with_floor(tmp_path):
 
 
 def test_ablation_plot_numeric_categorical_and_groups(tmp_path):
-    rows = [dict(temperature=t, method=m, val_knn=0.5 + t / 10, ood_knn=0.4) for t in (0.05, 0.1, 0.5, 1.0)
-            for m in ("simclr", "byol")]
+    rows = [
+        dict(temperature=t, method=m, val_knn=0.5 + t / 10, ood_knn=0.4)
+        for t in (0.05, 0.1, 0.5, 1.0)
+        for m in ("simclr", "byol")
+    ]
     fig = plots.ablation_plot(rows, "temperature", group_key="method", path=tmp_path / "abl.png")
     check_png(tmp_path / "abl.png", min_kb=3)
     assert len(fig.axes[0].get_lines()) == 4
     xs = fig.axes[0].get_lines()[0].get_xdata()
     assert list(xs) == sorted(xs)
-    cat = plots.ablation_plot([dict(recipe="simclr", val_knn=0.5), dict(recipe="asymmetric", val_knn=0.6)],
-                              "recipe", metrics=("val_knn",))
+    cat = plots.ablation_plot(
+        [dict(recipe="simclr", val_knn=0.5), dict(recipe="asymmetric", val_knn=0.6)], "recipe", metrics=("val_knn",)
+    )
     assert [t.get_text() for t in cat.axes[0].get_xticklabels()] == ["simclr", "asymmetric"]
     wide = plots.ablation_plot([dict(lr=v, val_knn=0.5) for v in (1e-4, 1e-3, 1e-1)], "lr", metrics=("val_knn",))
     assert wide.axes[0].get_xscale() == "log"

@@ -15,17 +15,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from helpers import TINY_PRESET, TINY_RUN, make_tiny
 from selfsup import cli, config, data, train
 from selfsup.runs import Run, RunError
-
-from helpers import TINY_PRESET, TINY_RUN, make_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "faults.md"
@@ -85,8 +83,9 @@ def test_malicious_checkpoint_never_runs_on_resume_eval_sweep_or_report(tiny, tm
     run = copy_run(tiny["finished"], tmp_path / "run")
     torch.save({"model": Marker(marker), "epoch": 1, "config_hash": "x"}, run / "checkpoint.pt")
 
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume"],
-                        tmp_path)
+    code, msg = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume"], tmp_path
+    )
     record("crafted checkpoint.pt (a pickle that runs code) on `train --resume`", code, msg)
     assert "checkpoint.pt: not a readable selfsup checkpoint" in msg
     code, msg = run_cli(["eval", "--run-dir", run, "--data", tiny["data"]], tmp_path)
@@ -98,17 +97,49 @@ def test_malicious_checkpoint_never_runs_on_resume_eval_sweep_or_report(tiny, tm
     info = json.loads((point / "run.json").read_text())
     (point / "run.json").write_text(json.dumps({**info, "status": "running"}))
     spec = tmp_path / "evil.yaml"
-    spec.write_text(yaml.safe_dump(dict(name="evil", preset=str(tiny["preset"]), data=str(tiny["data"]),
-                                        notebook=str(REPO / "notebooks" / "03_train.ipynb"),
-                                        points=[{}], parameters={"progress": False})))
+    spec.write_text(
+        yaml.safe_dump(
+            dict(
+                name="evil",
+                preset=str(tiny["preset"]),
+                data=str(tiny["data"]),
+                notebook=str(REPO / "notebooks" / "03_train.ipynb"),
+                points=[{}],
+                parameters={"progress": False},
+            )
+        )
+    )
     code, msg = run_cli(["sweep", spec, "--runs", tmp_path / "runs", "--no-progress"], tmp_path)
     assert code == 1 and "did not finish" in msg
     assert "not a readable selfsup checkpoint" in (point / "error.txt").read_text()
 
     # the report on a run whose checkpoint is crafted
-    code, msg = run_cli(["report", "--no-progress", "--notebook", REPO / "notebooks" / "05_report.ipynb", "--out", tmp_path / "rep",
-                         "-p", "root", REPO, "-p", "data", tiny["data"], "-p", "final_run", run,
-                         "-p", "runs", tmp_path / "none", "-p", "figures", tmp_path / "figs"], tmp_path)
+    code, msg = run_cli(
+        [
+            "report",
+            "--no-progress",
+            "--notebook",
+            REPO / "notebooks" / "05_report.ipynb",
+            "--out",
+            tmp_path / "rep",
+            "-p",
+            "root",
+            REPO,
+            "-p",
+            "data",
+            tiny["data"],
+            "-p",
+            "final_run",
+            run,
+            "-p",
+            "runs",
+            tmp_path / "none",
+            "-p",
+            "figures",
+            tmp_path / "figs",
+        ],
+        tmp_path,
+    )
     record("crafted checkpoint.pt on `report`", code, msg)
     assert not marker.exists()
 
@@ -116,18 +147,20 @@ def test_malicious_checkpoint_never_runs_on_resume_eval_sweep_or_report(tiny, tm
 def test_truncated_files_are_one_line(tiny, tmp_path):
     run = copy_run(tiny["finished"], tmp_path / "run")
     ckpt = run / "checkpoint.pt"
-    ckpt.write_bytes(ckpt.read_bytes()[: 1000])
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume"],
-                        tmp_path)
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    code, msg = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume"], tmp_path
+    )
     record("truncated checkpoint.pt on `train --resume`", code, msg)
     run2 = copy_run(tiny["finished"], tmp_path / "run2")
     enc = run2 / "encoder.safetensors"
-    enc.write_bytes(enc.read_bytes()[: 200])
+    enc.write_bytes(enc.read_bytes()[:200])
     code, msg = run_cli(["eval", "--run-dir", run2, "--data", tiny["data"]], tmp_path)
     record("truncated encoder.safetensors on `eval`", code, msg)
     (tmp_path / "afile").write_text("x")
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir",
-                         tmp_path / "afile"], tmp_path)
+    code, msg = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", tmp_path / "afile"], tmp_path
+    )
     record("`--run-dir` naming a file", code, msg)
     assert (tmp_path / "afile").read_text() == "x"
 
@@ -152,13 +185,25 @@ sys.exit(cli.main(sys.argv[2:]))
 
 def test_two_trainings_on_one_run_folder_one_is_refused(tiny, tmp_path):
     run = tmp_path / "shared"
-    args = PY + ["train", "--config", str(tiny["preset"]), "--data", str(tiny["data"]), "--run-dir", str(run),
-                 "--set", "epochs=6", "--no-progress"]
+    args = PY + [
+        "train",
+        "--config",
+        str(tiny["preset"]),
+        "--data",
+        str(tiny["data"]),
+        "--run-dir",
+        str(run),
+        "--set",
+        "epochs=6",
+        "--no-progress",
+    ]
     # The second process imports everything first, then starts the moment the first one has
     # begun training (its run.json exists): the two overlap whatever the machine's load.
     second = [sys.executable, "-c", WHEN_FILE_EXISTS, str(run / "run.json"), *args[3:]]
-    procs = [subprocess.Popen(second, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()),
-             subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())]
+    procs = [
+        subprocess.Popen(second, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()),
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()),
+    ]
     procs.reverse()  # [first, second]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 2], outs
@@ -170,13 +215,22 @@ def test_two_trainings_on_one_run_folder_one_is_refused(tiny, tmp_path):
 
 def test_second_writer_names_the_holder_and_a_killed_holder_frees_the_folder(tiny, tmp_path):
     run = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from selfsup.runs import Run
         with Run({str(run)!r}).lock():
             print("locked", flush=True)
             time.sleep(120)
-        """)], stdout=subprocess.PIPE, text=True, env=_env())
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run], tmp_path)
@@ -185,8 +239,9 @@ def test_second_writer_names_the_holder_and_a_killed_holder_frees_the_folder(tin
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    code, _ = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run,
-                       "--no-progress"], tmp_path)
+    code, _ = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--no-progress"], tmp_path
+    )
     assert code == 0  # the OS released the dead holder's lock
 
 
@@ -194,15 +249,24 @@ def test_two_sweeps_on_one_sweep_folder_one_is_refused(tiny, tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text(yaml.safe_dump(TINY_PRESET))
     spec = tmp_path / "twice.yaml"
-    spec.write_text(yaml.safe_dump(dict(name="twice", preset=str(preset), data=str(tiny["data"]),
-                                        notebook=str(REPO / "notebooks" / "03_train.ipynb"),
-                                        axes={"temperature": [0.1, 0.5]},
-                                        parameters={"progress": False,
-                                                    "eval_options": {"table": False, "linear": False}})))
+    spec.write_text(
+        yaml.safe_dump(
+            dict(
+                name="twice",
+                preset=str(preset),
+                data=str(tiny["data"]),
+                notebook=str(REPO / "notebooks" / "03_train.ipynb"),
+                axes={"temperature": [0.1, 0.5]},
+                parameters={"progress": False, "eval_options": {"table": False, "linear": False}},
+            )
+        )
+    )
     args = PY + ["sweep", str(spec), "--runs", str(tmp_path / "runs"), "--no-progress"]
     second = [sys.executable, "-c", WHEN_FILE_EXISTS, str(tmp_path / "runs" / "twice" / "sweep.json"), *args[3:]]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
-             for cmd in (second, args)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
+        for cmd in (second, args)
+    ]
     procs.reverse()  # [first, second]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 2], outs
@@ -254,8 +318,10 @@ def test_non_finite_state_fails_the_run_and_keeps_the_last_good_checkpoint(tiny,
     assert info["status"] == "failed" and info["error"] == message
     assert [m["epoch"] for m in Run(run).metrics()] == [1]  # no row for the bad epoch
     if what == "buffer":
-        FAULTS["a BatchNorm running_var that became infinite (eval_every=0)"] = (2, f"selfsup: error: {message}"
-                                                                                 .replace(str(tmp_path), "<tmp>"))
+        FAULTS["a BatchNorm running_var that became infinite (eval_every=0)"] = (
+            2,
+            f"selfsup: error: {message}".replace(str(tmp_path), "<tmp>"),
+        )
 
 
 def test_divergence_seen_by_the_knn_monitor_is_one_line(tiny, tmp_path, monkeypatch):
@@ -280,8 +346,10 @@ def test_disk_full_while_checkpointing_keeps_the_state(tiny, tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", no_space)
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume",
-                         "--no-progress"], tmp_path)
+    code, msg = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--resume", "--no-progress"],
+        tmp_path,
+    )
     record("disk full while writing checkpoint.pt", code, msg)
     assert (run / "checkpoint.pt").read_bytes() == good and not (run / "checkpoint.pt.tmp").exists()
     assert Run(run).status == "failed"
@@ -290,12 +358,20 @@ def test_disk_full_while_checkpointing_keeps_the_state(tiny, tmp_path, monkeypat
 def test_make_setup_on_a_short_disk_stops_in_one_line_before_creating_anything(tmp_path):
     """What CI met once: pip ran out of disk halfway through torch. make setup now checks first."""
     venv = tmp_path / "venv"
-    done = subprocess.run(["make", "-s", "setup", f"VENV={venv}", "SETUP_FREE_GB=1e12"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["make", "-s", "setup", f"VENV={venv}", "SETUP_FREE_GB=1e12"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     message = done.stderr.strip().splitlines()[0]
     assert done.returncode != 0 and not venv.exists()
-    assert re.fullmatch(r"make setup: [\d.]+ GB free on the disk of \S+; the environment needs about 1e12 GB "
-                        r"\(free some space, or SETUP_FREE_GB=0 to try anyway\)", message), message
+    assert re.fullmatch(
+        r"make setup: [\d.]+ GB free on the disk of \S+; the environment needs about 1e12 GB "
+        r"\(free some space, or SETUP_FREE_GB=0 to try anyway\)",
+        message,
+    ), message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,9 +400,13 @@ def test_kill_after_checkpoint_rename_resumes_to_a_consistent_folder(tiny, tmp_p
     ds = data.load_dataset(tiny["data"])
     train.train(cfg, ds, tmp_path / "straight", progress=False)
     run = tmp_path / "killed"
-    p = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME, str(tiny["preset"]), str(tiny["data"]),
-                        str(kill_epoch), str(run)], capture_output=True, text=True, timeout=300,
-                       env={**_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())})  # this process's arithmetic
+    p = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_RENAME, str(tiny["preset"]), str(tiny["data"]), str(kill_epoch), str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )  # this process's arithmetic
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert [m["epoch"] for m in Run(run).metrics()] == list(range(1, kill_epoch + 1))
     train.train(cfg, ds, run, resume=True, progress=False)
@@ -354,19 +434,30 @@ def test_metrics_are_rebuilt_from_the_checkpoint_on_resume(tiny, tmp_path):
 
 
 BAD_VALUES = [
-    ("checkpoint_every=0", ">= 1"), ("knn_train_limit=-1", ">= 0"), ("proj_dim=-1", ">= 0"),
-    ("proj_hidden=-8", ">= 0"), ("device=gpu", "auto, cpu, cuda or cuda:N"), ("lr=.nan", "in (0, 100]"),
-    ("weight_decay=-0.1", "in [0, 10]"), ("momentum=-0.5", "in [0, 1)"), ("barlow_lambda=-1", "in [0, 10]"),
-    ("warmup_epochs=-1", ">= 0"), ("byol_momentum=1.5", "in [0, 1]"), ("min_lr_ratio=5", "in [0, 1]"),
-    ("batch_size=1", ">= 2"), ("temperature=1e-30", "in [0.001, 10]"), ("knn_k=1000", "the k-NN monitor has only"),
+    ("checkpoint_every=0", ">= 1"),
+    ("knn_train_limit=-1", ">= 0"),
+    ("proj_dim=-1", ">= 0"),
+    ("proj_hidden=-8", ">= 0"),
+    ("device=gpu", "auto, cpu, cuda or cuda:N"),
+    ("lr=.nan", "in (0, 100]"),
+    ("weight_decay=-0.1", "in [0, 10]"),
+    ("momentum=-0.5", "in [0, 1)"),
+    ("barlow_lambda=-1", "in [0, 10]"),
+    ("warmup_epochs=-1", ">= 0"),
+    ("byol_momentum=1.5", "in [0, 1]"),
+    ("min_lr_ratio=5", "in [0, 1]"),
+    ("batch_size=1", ">= 2"),
+    ("temperature=1e-30", "in [0.001, 10]"),
+    ("knn_k=1000", "the k-NN monitor has only"),
 ]
 
 
 @pytest.mark.parametrize("setting,expected", BAD_VALUES)
 def test_bad_values_are_refused_before_anything_is_written(tiny, tmp_path, setting, expected):
     run = tmp_path / "r"
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run,
-                         "--set", setting], tmp_path)
+    code, msg = run_cli(
+        ["train", "--config", tiny["preset"], "--data", tiny["data"], "--run-dir", run, "--set", setting], tmp_path
+    )
     record(f"`--set {setting}`", code, msg)
     assert setting.split("=")[0] in msg and expected in msg
     assert not run.exists()
@@ -384,20 +475,29 @@ def test_val_set_checks(tiny, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     data.save_npz(ds.train, other / "train.npz")
-    data.save_npz(data.Split(ds.val.images[::-1].copy(), ds.val.labels[::-1].copy(), ds.val.class_names),
-                  other / "val.npz")
+    data.save_npz(
+        data.Split(ds.val.images[::-1].copy(), ds.val.labels[::-1].copy(), ds.val.class_names), other / "val.npz"
+    )
     run = tmp_path / "stopped"
     train.train(config.load(tiny["preset"]), ds, run, progress=False, stop_after=1)
-    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", other, "--run-dir", run, "--resume"],
-                        tmp_path)
+    code, msg = run_cli(["train", "--config", tiny["preset"], "--data", other, "--run-dir", run, "--resume"], tmp_path)
     record("`--resume` with another validation set", code, msg)
 
 
 def test_sweep_exit_status_says_when_points_failed(tiny, tmp_path):
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump(dict(name="s", preset=str(tiny["preset"]), data=str(tiny["data"]),
-                                        notebook=str(REPO / "notebooks" / "03_train.ipynb"),
-                                        points=[{"lr": -1.0}], parameters={"progress": False})))
+    spec.write_text(
+        yaml.safe_dump(
+            dict(
+                name="s",
+                preset=str(tiny["preset"]),
+                data=str(tiny["data"]),
+                notebook=str(REPO / "notebooks" / "03_train.ipynb"),
+                points=[{"lr": -1.0}],
+                parameters={"progress": False},
+            )
+        )
+    )
     code, msg = run_cli(["sweep", spec, "--runs", tmp_path / "runs", "--no-progress"], tmp_path)
     record("a sweep with an invalid point", code, msg, expect_code=1)
     assert "1 of 1 sweep points did not finish (lr--1: invalid)" in msg

@@ -35,7 +35,8 @@ def mini_report(tmp_path):
             "                     [('method', 'method'), ('acc', 'k-NN val', display.pct)]))\n"
             "fig = Figure(figsize=(3, 2)); fig.subplots().plot([1, 2, 3])\n"
             "Path(figures).mkdir(exist_ok=True); fig.savefig(Path(figures) / 'Figure1.png')\n"
-            "display.show_figure(Path(figures) / 'Figure1.png', 'Figure 1. A line.')"),
+            "display.show_figure(Path(figures) / 'Figure1.png', 'Figure 1. A line.')"
+        ),
     ]
     path = tmp_path / "mini.ipynb"
     nbformat.write(nb, path)
@@ -104,15 +105,26 @@ def test_helpers(tmp_path, monkeypatch):
 
 
 def test_protocol_and_headline_tables():
-    rows = [dict(split=s, features="backbone", metric=m, weights=w, k=k, accuracy=0.1 * k / 20)
-            for s in ("val", "ood") for m, w in (("euclidean", "uniform"), ("cosine", "distance"))
-            for k in (1, 5, 20)]
+    rows = [
+        dict(split=s, features="backbone", metric=m, weights=w, k=k, accuracy=0.1 * k / 20)
+        for s in ("val", "ood")
+        for m, w in (("euclidean", "uniform"), ("cosine", "distance"))
+        for k in (1, 5, 20)
+    ]
     md = report.protocol_markdown(rows).splitlines()
     assert md[0] == "| split | features | metric | k=1 | k=5 | k=20 |"
     assert md[2] == "| val | backbone | euclidean, uniform | 0.5% | 2.5% | 10.0% |"
     assert len(md) == 6
-    ev = {"summary": {"val_knn": 0.4, "ood_knn": 0.2, "random_init_val_knn": 0.1, "random_init_ood_knn": 0.15,
-                      "val_linear": 0.5}, "trained": {"val": {"k": 5, "weighted_k": 20}}}
+    ev = {
+        "summary": {
+            "val_knn": 0.4,
+            "ood_knn": 0.2,
+            "random_init_val_knn": 0.1,
+            "random_init_ood_knn": 0.15,
+            "val_linear": 0.5,
+        },
+        "trained": {"val": {"k": 5, "weighted_k": 20}},
+    }
     rows = report.headline_rows(ev)
     assert [r["protocol"] for r in rows] == ["k-NN, course protocol (k=5, euclidean)", "linear probe"]
     assert rows[0]["floor_ood"] == 0.15 and rows[1]["ood"] is None
@@ -128,5 +140,7 @@ def test_settings_that_differ_are_resolved_as_trained(tmp_path):
         (runs[cfg.method] / "config.json").write_text(json.dumps(cfg.to_dict()))
     differ = report.settings_that_differ(runs)
     # same proj_hidden, so not listed; head width and recipe are the methods' own defaults
-    assert differ == {"simclr": {"proj_dim": 128, "recipe": "simclr", "lr": 1e-3},
-                      "barlow": {"proj_dim": 8192, "recipe": "asymmetric", "lr": 5e-4}}
+    assert differ == {
+        "simclr": {"proj_dim": 128, "recipe": "simclr", "lr": 1e-3},
+        "barlow": {"proj_dim": 8192, "recipe": "asymmetric", "lr": 5e-4},
+    }

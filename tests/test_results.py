@@ -5,17 +5,29 @@ import math
 
 import pytest
 
+from helpers import TINY_PRESET, make_tiny
 from selfsup import report, results, sweep
 from selfsup.methods import titled
 from selfsup.runs import Run
 
-from helpers import TINY_PRESET, make_tiny
-
 
 def run_row(point, seed, val, floor=0.2, n_val=100, status="finished", error="", **kw):
-    return dict(point=point, seed=seed, status=status, val_knn=val, random_init_val_knn=floor, n_val=n_val,
-                n_ood=50, ood_knn=val / 2, random_init_ood_knn=floor / 2, epochs=3, train_loss=1.0,
-                wall_clock_s=10.0, error=error, **kw)
+    return dict(
+        point=point,
+        seed=seed,
+        status=status,
+        val_knn=val,
+        random_init_val_knn=floor,
+        n_val=n_val,
+        n_ood=50,
+        ood_knn=val / 2,
+        random_init_ood_knn=floor / 2,
+        epochs=3,
+        train_loss=1.0,
+        wall_clock_s=10.0,
+        error=error,
+        **kw,
+    )
 
 
 def test_summary_statistics_by_hand():
@@ -45,8 +57,17 @@ def test_one_seed_uses_the_binomial_interval_and_failures_are_counted():
 
 
 def summary(point, mean, interval, floor=0.1, floor_interval=0.01, **kw):
-    return dict(point=point, method=point, status="finished", n_seeds=3, val_knn=mean, val_knn_interval=interval,
-                random_init_val_knn=floor, random_init_val_knn_interval=floor_interval, **kw)
+    return dict(
+        point=point,
+        method=point,
+        status="finished",
+        n_seeds=3,
+        val_knn=mean,
+        val_knn_interval=interval,
+        random_init_val_knn=floor,
+        random_init_val_knn_interval=floor_interval,
+        **kw,
+    )
 
 
 def test_findings_follow_the_intervals():
@@ -74,27 +95,41 @@ def test_the_floor_is_compared_seed_by_seed():
     with its own untrained network; gains that straddle zero are not above the floor."""
     learns = [run_row("learns", s, v, floor=f) for s, v, f in zip((0, 1, 2), (0.75, 0.85, 0.86), (0.28, 0.50, 0.57))]
     (p,) = results.summarise(learns)
-    assert results.separated(p, {"val_knn": p["random_init_val_knn"],  # the unpaired intervals overlap
-                                 "val_knn_interval": p["random_init_val_knn_ci95"]}, "val_knn") == 0
+    assert (
+        results.separated(
+            p,
+            {
+                "val_knn": p["random_init_val_knn"],  # the unpaired intervals overlap
+                "val_knn_interval": p["random_init_val_knn_ci95"],
+            },
+            "val_knn",
+        )
+        == 0
+    )
     gains = [0.47, 0.35, 0.29]
     mean, std = sum(gains) / 3, math.sqrt(sum((g - sum(gains) / 3) ** 2 for g in gains) / 2)
     assert p["val_knn_gain"] == pytest.approx(mean) and p["val_knn_gain_ci95"] == pytest.approx(
-        4.302652729911275 * std / math.sqrt(3))
+        4.302652729911275 * std / math.sqrt(3)
+    )
     assert results.above_floor(p, "val_knn") and mean - p["val_knn_gain_ci95"] > 0
     text = report.findings([{**p, "method": "simclr"}], "method")
-    assert (f"Every point is above its random-init floor (k-NN on val; each seed against its own untrained network, "
-            f"the smallest gain is +{100 * mean:.1f} ± {100 * p['val_knn_gain_ci95']:.1f} points, simclr).") in text
+    assert (
+        f"Every point is above its random-init floor (k-NN on val; each seed against its own untrained network, "
+        f"the smallest gain is +{100 * mean:.1f} ± {100 * p['val_knn_gain_ci95']:.1f} points, simclr)."
+    ) in text
 
     noise = [run_row("noise", s, v, floor=f) for s, v, f in zip((0, 1, 2), (0.40, 0.45, 0.52), (0.30, 0.50, 0.52))]
     (q,) = results.summarise(noise)
     assert q["val_knn_gain"] > 0 and not results.above_floor(q, "val_knn")
     assert "Not clearly above the random-init floor (k-NN on val): noise." in report.findings(
-        [{**q, "method": "noise"}], "method")
+        [{**q, "method": "noise"}], "method"
+    )
 
 
 def test_summary_table_shows_plus_minus_and_floor():
-    md = report.summary_table([summary("simclr", 0.6, 0.02, ood_knn=0.4, ood_knn_interval=0.05)], "method", "method",
-                              linear=False)
+    md = report.summary_table(
+        [summary("simclr", 0.6, 0.02, ood_knn=0.4, ood_knn_interval=0.05)], "method", "method", linear=False
+    )
     assert md.splitlines()[0] == "| method | seeds | k-NN val | floor | k-NN OOD | floor |"
     assert "| simclr | 3 | 60.0 ± 2.0 | 10.0 ± 1.0 | 40.0 ± 5.0 | n/a |" in md
 
@@ -104,7 +139,11 @@ def test_seeds_are_read_from_the_sweep_or_the_preset(tmp_path):
     preset.write_text("method: simclr\nseeds: 2\n")
     s = sweep.load_sweep(dict(name="x", preset=str(preset), data="d", axes={"temperature": [0.1, 0.5]}))
     assert [(p.point, p.seed, p.cfg.seed) for p in s.points] == [
-        ("temperature-0.1", 0, 0), ("temperature-0.1", 1, 1), ("temperature-0.5", 0, 0), ("temperature-0.5", 1, 1)]
+        ("temperature-0.1", 0, 0),
+        ("temperature-0.1", 1, 1),
+        ("temperature-0.5", 0, 0),
+        ("temperature-0.5", 1, 1),
+    ]
     assert s.points[1].run_dir.parts[-2:] == ("temperature-0.1", "seed-1")
     s = sweep.load_sweep(dict(name="x", preset=str(preset), data="d", seeds=[3, 7], axes={"temperature": [0.1]}))
     assert [p.seed for p in s.points] == [3, 7]
@@ -123,8 +162,14 @@ def test_each_seed_resumes_on_its_own(tmp_path, monkeypatch):
     data = make_tiny(tmp_path / "data")
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump(TINY_PRESET))
-    spec = dict(name="seeds", preset=str(preset), data=str(data), seeds=2, points=[{"lr": 0.002}],
-                parameters={"eval_options": {"table": False, "linear": False}, "progress": False})
+    spec = dict(
+        name="seeds",
+        preset=str(preset),
+        data=str(data),
+        seeds=2,
+        points=[{"lr": 0.002}],
+        parameters={"eval_options": {"table": False, "linear": False}, "progress": False},
+    )
     runs = tmp_path / "runs"
     sweep.run_sweep(spec, runs_root=runs, progress=False)
     seed0, seed1 = runs / "seeds" / "lr-0.002" / "seed-0", runs / "seeds" / "lr-0.002" / "seed-1"

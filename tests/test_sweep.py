@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfsup import config, data, demo_data, results, sweep
+from helpers import TINY_PRESET
+from selfsup import config, demo_data, results, sweep
 from selfsup.config import ConfigError
 from selfsup.runs import RunError
-
-from helpers import TINY_PRESET
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,17 +37,20 @@ def write_sweep(tmp_path, **spec):
 # Reading sweep files
 
 
-@pytest.mark.parametrize("spec, words", [
-    (dict(grdi={"lr": [0.1]}), ["unknown sweep key", "'grdi'"]),
-    (dict(grid={"tempreture": [0.1]}), ["unknown config key", "'tempreture'", "'grid'"]),
-    (dict(axes={"lr": 0.1}), ["'axes.lr'", "non-empty list"]),
-    (dict(grid={"lr": [0.1]}, overrides={"epochs": "many"}), ["'epochs'"]),
-    (dict(points=[{"lr": 0.1}, "byol"]), ["'points'"]),
-    (dict(points=[{"methd": "byol"}]), ["'methd'", "points[0]"]),
-    (dict(), ["no points"]),
-    (dict(grid={"lr": [0.1]}, name="a/b"), ["'name'"]),
-    (dict(grid={"lr": [0.1]}, parameters={"run_dir": "x"}), ["'parameters'", "run_dir"]),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        (dict(grdi={"lr": [0.1]}), ["unknown sweep key", "'grdi'"]),
+        (dict(grid={"tempreture": [0.1]}), ["unknown config key", "'tempreture'", "'grid'"]),
+        (dict(axes={"lr": 0.1}), ["'axes.lr'", "non-empty list"]),
+        (dict(grid={"lr": [0.1]}, overrides={"epochs": "many"}), ["'epochs'"]),
+        (dict(points=[{"lr": 0.1}, "byol"]), ["'points'"]),
+        (dict(points=[{"methd": "byol"}]), ["'methd'", "points[0]"]),
+        (dict(), ["no points"]),
+        (dict(grid={"lr": [0.1]}, name="a/b"), ["'name'"]),
+        (dict(grid={"lr": [0.1]}, parameters={"run_dir": "x"}), ["'parameters'", "run_dir"]),
+    ],
+)
 def test_bad_sweep_file_names_file_and_key(tmp_path, preset, spec, words):
     path = write_sweep(tmp_path, preset=str(preset), data=str(tmp_path), **spec)
     with pytest.raises(ConfigError) as err:
@@ -72,15 +74,30 @@ def test_missing_files_are_config_errors(tmp_path, preset):
 
 
 def test_points_grid_axes_points_and_merging(tmp_path, preset):
-    s = sweep.load_sweep(dict(name="t", preset=str(preset), data="d",
-                              grid={"lr": [0.001, 0.004], "batch_size": [8, 32]},
-                              axes={"temperature": [0.05, 0.1], "optimizer": ["adam", "adamw"]},
-                              points=[{"method": "byol"}, {"lr": -1.0}]), runs_root=tmp_path / "runs")
+    s = sweep.load_sweep(
+        dict(
+            name="t",
+            preset=str(preset),
+            data="d",
+            grid={"lr": [0.001, 0.004], "batch_size": [8, 32]},
+            axes={"temperature": [0.05, 0.1], "optimizer": ["adam", "adamw"]},
+            points=[{"method": "byol"}, {"lr": -1.0}],
+        ),
+        runs_root=tmp_path / "runs",
+    )
     slugs = [p.slug for p in s.points]
     # 4 grid points; temperature 0.1 and optimizer adamw are both the base config: one point, two axes
-    assert slugs == ["lr-0.001_batch_size-8", "lr-0.001_batch_size-32", "lr-0.004_batch_size-8",
-                     "lr-0.004_batch_size-32", "temperature-0.05", "temperature-0.1", "optimizer-adam",
-                     "method-byol", "lr--1"]
+    assert slugs == [
+        "lr-0.001_batch_size-8",
+        "lr-0.001_batch_size-32",
+        "lr-0.004_batch_size-8",
+        "lr-0.004_batch_size-32",
+        "temperature-0.05",
+        "temperature-0.1",
+        "optimizer-adam",
+        "method-byol",
+        "lr--1",
+    ]
     by_slug = {p.slug: p for p in s.points}
     assert by_slug["temperature-0.1"].axes == ["temperature", "optimizer"]
     assert by_slug["lr-0.001_batch_size-8"].axes == ["lr", "batch_size"]
@@ -93,15 +110,16 @@ def test_points_grid_axes_points_and_merging(tmp_path, preset):
     assert all(p.run_dir == tmp_path / "runs" / "t" / p.slug for p in s.points)
 
 
-
 def test_method_points_take_their_preset_section(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({**TINY_PRESET, "barlow": {"proj_dim": 48}}))
-    s = sweep.load_sweep(dict(preset=str(path), data="d", overrides={"lr": 0.002},
-                              points=[{"method": "simclr"}, {"method": "barlow"}]))
+    s = sweep.load_sweep(
+        dict(preset=str(path), data="d", overrides={"lr": 0.002}, points=[{"method": "simclr"}, {"method": "barlow"}])
+    )
     cfgs = {p.slug: p.cfg for p in s.points}
     assert cfgs["method-barlow"].proj_dim == 48 and cfgs["method-barlow"].lr == 0.002
     assert cfgs["method-simclr"].proj_dim == TINY_PRESET["proj_dim"]
+
 
 # ---------------------------------------------------------------------------------------------
 # Point folders
@@ -151,6 +169,7 @@ def test_point_state(tmp_path):
 
     # Runs record the fingerprint of their training data: other data is never taken as done.
     import json
+
     info = json.loads((tmp_path / "done" / "run.json").read_text())
     (tmp_path / "done" / "run.json").write_text(json.dumps({**info, "data_fingerprint": "aaaa"}))
     assert sweep.point_state(tmp_path / "done", h, data_id="aaaa") == "done"
@@ -160,7 +179,6 @@ def test_point_state(tmp_path):
     info = json.loads((tmp_path / "half" / "run.json").read_text())
     (tmp_path / "half" / "run.json").write_text(json.dumps({**info, "data_fingerprint": "aaaa"}))
     assert sweep.point_state(tmp_path / "half", h, data_id="bbbb") == "fresh"
-
 
 
 def test_worker_pins_one_gpu(monkeypatch):
@@ -186,14 +204,27 @@ def test_load_results_missing_names_path(tmp_path):
 
 def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     monkeypatch.chdir(REPO)  # the default notebook path is relative to the repository root
-    demo_data.make_demo(tmp_path / "data", n_id_classes=3, n_ood_classes=2, train_per_class=16, val_per_class=6,
-                   ood_per_class=10, size=32)
+    demo_data.make_demo(
+        tmp_path / "data",
+        n_id_classes=3,
+        n_ood_classes=2,
+        train_per_class=16,
+        val_per_class=6,
+        ood_per_class=10,
+        size=32,
+    )
     spec = write_sweep(
-        tmp_path, name="tiny", preset=str(preset), data=str(tmp_path / "data"),
+        tmp_path,
+        name="tiny",
+        preset=str(preset),
+        data=str(tmp_path / "data"),
         parameters={"eval_options": {"table": False, "linear": False}, "progress": False},
         axes={"temperature": [0.1, 0.5]},
-        points=[{"batch_size": 4096},  # valid config, but larger than the data: fails inside the notebook
-                {"lr": -1.0}])  # invalid value: recorded without running
+        points=[
+            {"batch_size": 4096},  # valid config, but larger than the data: fails inside the notebook
+            {"lr": -1.0},
+        ],
+    )  # invalid value: recorded without running
     runs = tmp_path / "runs"
 
     table = sweep.run_sweep(spec, runs_root=runs, jobs=2, progress=False)  # two workers: the pool path
@@ -213,8 +244,11 @@ def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     assert json.loads((runs / "tiny" / "sweep.json").read_text())["name"] == "tiny"
 
     # Again: finished points are skipped (their files untouched), the failing one is retried.
-    watched = [runs / "tiny" / s / f for s in ("temperature-0.1", "temperature-0.5")
-               for f in ("run.json", "checkpoint.pt", "eval.json", "03_train.ipynb")]
+    watched = [
+        runs / "tiny" / s / f
+        for s in ("temperature-0.1", "temperature-0.5")
+        for f in ("run.json", "checkpoint.pt", "eval.json", "03_train.ipynb")
+    ]
     before = {p: p.stat().st_mtime_ns for p in watched}
     failed_nb = runs / "tiny" / "batch_size-4096" / "03_train.ipynb"
     failed_before = failed_nb.stat().st_mtime_ns
@@ -222,8 +256,12 @@ def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert failed_nb.stat().st_mtime_ns != failed_before
     again = {r["point"]: r["status"] for r in results.load_results("tiny", runs_root=runs).to_dict("records")}
-    assert again == {"temperature-0.1": "finished", "temperature-0.5": "finished", "batch_size-4096": "failed",
-                     "lr--1": "invalid"}
+    assert again == {
+        "temperature-0.1": "finished",
+        "temperature-0.5": "finished",
+        "batch_size-4096": "failed",
+        "lr--1": "invalid",
+    }
 
     # Axis view for notebook 02: the temperature rows, sorted by value.
     rows = results.axis_results(results.collect_results(runs), "temperature")
@@ -240,6 +278,8 @@ def test_shipped_sweep_files_load(monkeypatch):
         assert [p.cfg.to_dict()[axis] for p in s.points] == meta["values"], meta["file"]
         assert all(p.axes == [axis] for p in s.points)
     demo = sweep.load_sweep("configs/sweeps/demo.yaml")  # each point with the demo preset's seeds 0, 1, 2
-    assert [p.slug for p in demo.points] == ([f"temperature-{t}/seed-{s}" for t in (0.05, 0.1, 0.5) for s in range(3)]
-                                             + [f"epochs-{e}/seed-{s}" for e in (1, 3, 10) for s in range(3)])
+    assert [p.slug for p in demo.points] == (
+        [f"temperature-{t}/seed-{s}" for t in (0.05, 0.1, 0.5) for s in range(3)]
+        + [f"epochs-{e}/seed-{s}" for e in (1, 3, 10) for s in range(3)]
+    )
     assert {p.cfg.epochs for p in demo.points if p.axes == ["temperature"]} == {5}

@@ -6,12 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfsup.methods import REGISTRY
-from selfsup import cli, config, data, demo_data, train
-from selfsup.config import ConfigError
-from selfsup.runs import Run, RunError
-
 from helpers import TINY_RUN, make_tiny
+from selfsup import cli, config, data, demo_data, optim, train
+from selfsup.config import ConfigError
+from selfsup.methods import REGISTRY
+from selfsup.runs import Run, RunError
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,9 @@ def test_run_folder_is_never_overwritten(tiny_data, tmp_path):
         train.train(cfg, ds, tmp_path, progress=False)
     with pytest.raises(RunError, match="different settings"):
         train.train(cfg.replace(lr=0.5), ds, tmp_path, resume=True, progress=False)
-    other = data.Dataset(data.Split(ds.train.images[::-1].copy(), ds.train.labels[::-1].copy(), ds.train.class_names),
-                         ds.val, ds.ood)
+    other = data.Dataset(
+        data.Split(ds.train.images[::-1].copy(), ds.train.labels[::-1].copy(), ds.train.class_names), ds.val, ds.ood
+    )
     with pytest.raises(RunError, match="different data"):
         train.train(cfg, other, tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
@@ -82,15 +82,47 @@ def test_run_folder_is_never_overwritten(tiny_data, tmp_path):
 
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_data, tmp_path, capsys):
     folder, _ = tiny_data
-    assert cli.main(["train", "--config", str(tmp_path / "nope.yaml"), "--data", str(folder),
-                     "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        cli.main(
+            ["train", "--config", str(tmp_path / "nope.yaml"), "--data", str(folder), "--run-dir", str(tmp_path / "r")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope.yaml" in err
-    assert cli.main(["train", "--config", "configs/demo.yaml", "--data", str(tmp_path / "missing"),
-                     "--run-dir", str(tmp_path / "r"), "--set", "epochs=1"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "configs/demo.yaml",
+                "--data",
+                str(tmp_path / "missing"),
+                "--run-dir",
+                str(tmp_path / "r"),
+                "--set",
+                "epochs=1",
+            ]
+        )
+        == 2
+    )
     assert "missing" in capsys.readouterr().err
-    assert cli.main(["train", "--config", "configs/demo.yaml", "--data", str(folder),
-                     "--run-dir", str(tmp_path / "r"), "--set", "optimizer=adagrad"]) == 2
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "configs/demo.yaml",
+                "--data",
+                str(folder),
+                "--run-dir",
+                str(tmp_path / "r"),
+                "--set",
+                "optimizer=adagrad",
+            ]
+        )
+        == 2
+    )
     assert "optimizer" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written
 
@@ -104,7 +136,7 @@ def test_lars_and_sgd_and_adam_step(tiny_data, tmp_path):
 
 
 def test_warmup_cosine_schedule():
-    f = train.warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.1)
+    f = optim.warmup_cosine(total_steps=100, warmup_steps=10, min_ratio=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == pytest.approx(1.0) and f(100) == pytest.approx(0.1)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
@@ -115,12 +147,21 @@ def test_short_run_loss_falls(tmp_path):
     preset's crops (crop_scale_min 0.9: its objects fill most of the frame). (Whether the features
     beat the random-init floor takes CPU-minutes: benchmarks/demo_story.py, benchmarks/learning.py
     and the demo's report check that, not the test suite.)"""
-    demo_data.make_demo(tmp_path / "d", seed=0, n_id_classes=4, n_ood_classes=2, train_per_class=32, val_per_class=8,
-                   ood_per_class=8, size=32)
+    demo_data.make_demo(
+        tmp_path / "d",
+        seed=0,
+        n_id_classes=4,
+        n_ood_classes=2,
+        train_per_class=32,
+        val_per_class=8,
+        ood_per_class=8,
+        size=32,
+    )
     ds = data.load_dataset(tmp_path / "d")
     for method in REGISTRY:
-        cfg = config.load(None, {**TINY_RUN, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0,
-                                 "crop_scale_min": 0.9})
+        cfg = config.load(
+            None, {**TINY_RUN, "method": method, "epochs": 6, "lr": 4e-3, "eval_every": 0, "crop_scale_min": 0.9}
+        )
         train.train(cfg, ds, tmp_path / method, progress=False)
         losses = [m["train_loss"] for m in Run(tmp_path / method).metrics()]
         assert losses[-1] < 0.9 * losses[0], (method, losses)

@@ -200,11 +200,17 @@ def sample_params(batch, view, in_size, generator=None, device=None):
     top, left, height, width = sample_crops(batch, in_size, view.crop_scale, view.crop_ratio, g, d)
     factors = {
         name: _uniform(batch, max(0.0, 1 - amount), 1 + amount, g, d)
-        for name, amount in (("brightness", view.brightness), ("contrast", view.contrast),
-                             ("saturation", view.saturation))
+        for name, amount in (
+            ("brightness", view.brightness),
+            ("contrast", view.contrast),
+            ("saturation", view.saturation),
+        )
     }
     return dict(
-        top=top, left=left, height=height, width=width,
+        top=top,
+        left=left,
+        height=height,
+        width=width,
         flip=_bernoulli(batch, view.flip_p, g, d),
         jitter=_bernoulli(batch, view.jitter_p, g, d),
         **factors,

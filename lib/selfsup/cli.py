@@ -28,20 +28,43 @@ from .runs import RunError
 
 def _data(args):
     if args.data_cmd == "demo":
-        ds = demo_data.make_demo(args.out, seed=args.seed, size=args.size, train_per_class=args.train_per_class,
-                                 val_per_class=args.val_per_class, ood_per_class=args.ood_per_class)
+        ds = demo_data.make_demo(
+            args.out,
+            seed=args.seed,
+            size=args.size,
+            train_per_class=args.train_per_class,
+            val_per_class=args.val_per_class,
+            ood_per_class=args.ood_per_class,
+        )
         print(f"wrote {args.out}: {data.describe(ds)}")
     elif args.data_cmd == "convert":
-        summary = imagefolder.convert(args.src, args.dest, args.id_classes, args.ood_classes, seed=args.seed,
-                                      size=args.size, overwrite=args.overwrite, compress=args.compress,
-                                      progress=not args.no_progress)
+        summary = imagefolder.convert(
+            args.src,
+            args.dest,
+            args.id_classes,
+            args.ood_classes,
+            seed=args.seed,
+            size=args.size,
+            overwrite=args.overwrite,
+            compress=args.compress,
+            progress=not args.no_progress,
+        )
         print(f"read {summary['description']}")
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "download":
-        summary = download.tiny_imagenet(args.dest, args.id_classes, args.ood_classes, url=args.url,
-                                         known_hash=args.hash, cache=args.cache, seed=args.seed, size=args.size,
-                                         overwrite=args.overwrite, compress=args.compress,
-                                         progress=not args.no_progress)
+        summary = download.tiny_imagenet(
+            args.dest,
+            args.id_classes,
+            args.ood_classes,
+            url=args.url,
+            known_hash=args.hash,
+            cache=args.cache,
+            seed=args.seed,
+            size=args.size,
+            overwrite=args.overwrite,
+            compress=args.compress,
+            progress=not args.no_progress,
+        )
         print(f"read {summary['description']}")
         print(f"wrote {args.dest}: {data.describe(data.load_dataset(args.dest))}")
     elif args.data_cmd == "info":
@@ -64,35 +87,49 @@ def _eval(args):
 
 
 def _sweep(args):
-    table = sweep.run_sweep(args.file, data=args.data, runs_root=args.runs, jobs=args.jobs,
-                            progress=not args.no_progress)
+    table = sweep.run_sweep(
+        args.file, data=args.data, runs_root=args.runs, jobs=args.jobs, progress=not args.no_progress
+    )
     print(f"results: {table}")
     rows = results.load_results(table)
     bad = rows[rows["status"] != "finished"]
     if len(bad):  # the others ran; the exit status still says the sweep is incomplete
-        print(f"selfsup: error: {len(bad)} of {len(rows)} sweep points did not finish "
-              f"({', '.join(bad['point'] + ': ' + bad['status'])}); see their {runs.ERROR}", file=sys.stderr)
+        print(
+            f"selfsup: error: {len(bad)} of {len(rows)} sweep points did not finish "
+            f"({', '.join(bad['point'] + ': ' + bad['status'])}); see their {runs.ERROR}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def _report(args):
-    for path in workbook.export(args.notebook, args.out, parameters=dict(args.param or []),
-                                progress=not args.no_progress):
+    for path in workbook.export(
+        args.notebook, args.out, parameters=dict(args.param or []), progress=not args.no_progress
+    ):
         print(f"wrote {path}")
 
 
 def _conversion_options(p: argparse.ArgumentParser) -> None:
     """The options `data convert` and `data download` share."""
-    p.add_argument("--id-classes", required=True,
-                   help="comma-separated class ids, @file (one per line), or a count N picked at random")
-    p.add_argument("--ood-classes", required=True,
-                   help="as --id-classes, disjoint from them (a count is drawn from the rest); 0 for no ood.npz")
+    p.add_argument(
+        "--id-classes",
+        required=True,
+        help="comma-separated class ids, @file (one per line), or a count N picked at random",
+    )
+    p.add_argument(
+        "--ood-classes",
+        required=True,
+        help="as --id-classes, disjoint from them (a count is drawn from the rest); 0 for no ood.npz",
+    )
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64): centre crop + resize")
     p.add_argument("--seed", type=int, default=0, help="for class counts: ID drawn with SEED, OOD with SEED + 1")
     p.add_argument("--overwrite", action="store_true", help="replace train/val/ood.npz already in DEST")
-    p.add_argument("--compress", action="store_true",
-                   help="write compressed .npz (np.savez_compressed): smaller to move around, loaded the same way")
+    p.add_argument(
+        "--compress",
+        action="store_true",
+        help="write compressed .npz (np.savez_compressed): smaller to move around, loaded the same way",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -113,47 +150,57 @@ def _data_parser(sub) -> None:
     dsub = d.add_subparsers(dest="data_cmd", required=True)
     _demo_options(dsub.add_parser("demo", help="generate the synthetic demo dataset (seconds)"))
     conv = dsub.add_parser(
-        "convert", help="course-format NPZ from an ImageFolder or Tiny ImageNet tree (folder or .zip)",
+        "convert",
+        help="course-format NPZ from an ImageFolder or Tiny ImageNet tree (folder or .zip)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert an image tree to the course format, all or nothing: DEST gets train.npz and\n"
-                    "val.npz (ID classes) and ood.npz (OOD classes; none with --ood-classes 0), images\n"
-                    "(N, SIZE, SIZE, 3) uint8, labels, class_names. The layout and folders used are printed.\n\n"
-                    "SRC is a folder or a .zip of one (read in place) holding one of these layouts; hidden\n"
-                    "files and __MACOSX/ are ignored, and a single wrapping folder (cifar10/) is looked into:\n"
-                    "  Tiny-ImageNet-200  wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
-                    "                     val/val_annotations.txt: ID train from train/, ID val and OOD\n"
-                    "                     from val/ (50 a class); names from words.txt (goldfish)\n"
-                    "  ImageFolder        train/<class>/<image> beside a held-out "
-                    f"{', '.join(h + '/' for h in imagefolder.HELD_OUT)}\n"
-                    "                     with <class>/<image> (the first of these that has train's classes):\n"
-                    "                     ID val and OOD from the held-out folder\n"
-                    "  ImageFolder        <class>/<image>, or train/ alone: each ID class split 90/10 by\n"
-                    "                     sorted file name; OOD takes all images of its classes\n"
-                    f"Images: {', '.join(imagefolder.IMAGE_SUFFIXES)} (any case, 8- or 16-bit) anywhere below their "
-                    "class\nfolder; centre-cropped to square and resized to SIZE.")
+        "val.npz (ID classes) and ood.npz (OOD classes; none with --ood-classes 0), images\n"
+        "(N, SIZE, SIZE, 3) uint8, labels, class_names. The layout and folders used are printed.\n\n"
+        "SRC is a folder or a .zip of one (read in place) holding one of these layouts; hidden\n"
+        "files and __MACOSX/ are ignored, and a single wrapping folder (cifar10/) is looked into:\n"
+        "  Tiny-ImageNet-200  wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/ +\n"
+        "                     val/val_annotations.txt: ID train from train/, ID val and OOD\n"
+        "                     from val/ (50 a class); names from words.txt (goldfish)\n"
+        "  ImageFolder        train/<class>/<image> beside a held-out "
+        f"{', '.join(h + '/' for h in imagefolder.HELD_OUT)}\n"
+        "                     with <class>/<image> (the first of these that has train's classes):\n"
+        "                     ID val and OOD from the held-out folder\n"
+        "  ImageFolder        <class>/<image>, or train/ alone: each ID class split 90/10 by\n"
+        "                     sorted file name; OOD takes all images of its classes\n"
+        f"Images: {', '.join(imagefolder.IMAGE_SUFFIXES)} (any case, 8- or 16-bit) anywhere below their "
+        "class\nfolder; centre-cropped to square and resized to SIZE.",
+    )
     conv.add_argument("src", help="a folder or .zip: Tiny-ImageNet-200 or an ImageFolder tree (layouts above)")
     conv.add_argument("dest", help="the folder to write train.npz, val.npz, ood.npz into")
     _conversion_options(conv)
 
     dl = dsub.add_parser(
-        "download", help="download Tiny-ImageNet-200 and convert it to course format in one step",
+        "download",
+        help="download Tiny-ImageNet-200 and convert it to course format in one step",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Download Tiny-ImageNet-200 (a 248 MB zip, once) and convert it to course format:\n"
-                    "DEST gets train.npz and val.npz of the ID classes (500 and 50 images a class) and\n"
-                    "ood.npz of the OOD classes (their 50 val images each), as `data convert` writes them.\n\n"
-                    f"The zip is checked against {download.TINY_IMAGENET_HASH},\n"
-                    "the official file's published MD5 (no SHA-256 is published), and kept in a cache:\n"
-                    f"--cache, else ${download.CACHE_ENV}, else the user cache folder (~/.cache/selfsup on\n"
-                    "Linux). A truncated or corrupt download is refused and nothing is kept; a cached copy\n"
-                    "that does not match is fetched again.\n"
-                    f"A mirror: --url or ${download.URL_ENV} (with --hash if its file differs).\n"
-                    "A zip or folder you already have: selfsup data convert SRC DEST.")
+        "DEST gets train.npz and val.npz of the ID classes (500 and 50 images a class) and\n"
+        "ood.npz of the OOD classes (their 50 val images each), as `data convert` writes them.\n\n"
+        f"The zip is checked against {download.TINY_IMAGENET_HASH},\n"
+        "the official file's published MD5 (no SHA-256 is published), and kept in a cache:\n"
+        f"--cache, else ${download.CACHE_ENV}, else the user cache folder (~/.cache/selfsup on\n"
+        "Linux). A truncated or corrupt download is refused and nothing is kept; a cached copy\n"
+        "that does not match is fetched again.\n"
+        f"A mirror: --url or ${download.URL_ENV} (with --hash if its file differs).\n"
+        "A zip or folder you already have: selfsup data convert SRC DEST.",
+    )
     dl.add_argument("name", choices=["tiny-imagenet"], help="the dataset")
     dl.add_argument("dest", nargs="?", default="data/tiny-imagenet", help="the course-format folder to write")
     _conversion_options(dl)
-    dl.add_argument("--url", help=f"a mirror of the zip (default ${download.URL_ENV}, else {download.TINY_IMAGENET_URL})")
-    dl.add_argument("--hash", help="the expected hash of the mirror's file, md5:... or sha256:... (default: the official md5)")
-    dl.add_argument("--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else the user cache folder)")
+    dl.add_argument(
+        "--url", help=f"a mirror of the zip (default ${download.URL_ENV}, else {download.TINY_IMAGENET_URL})"
+    )
+    dl.add_argument(
+        "--hash", help="the expected hash of the mirror's file, md5:... or sha256:... (default: the official md5)"
+    )
+    dl.add_argument(
+        "--cache", help=f"where the zip is kept (default ${download.CACHE_ENV}, else the user cache folder)"
+    )
     info = dsub.add_parser("info", help="validate a dataset folder and summarise it")
     info.add_argument("dir")
     classes = dsub.add_parser("classes", help="list the class ids an image tree offers (for --id-classes)")
@@ -191,8 +238,14 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="execute the report notebook and export HTML, PDF and Markdown")
     r.add_argument("--notebook", default="notebooks/05_report.ipynb")
     r.add_argument("--out", default="reports")
-    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="a papermill parameter for the report notebook (repeatable)")
+    r.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a papermill parameter for the report notebook (repeatable)",
+    )
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_report)
     return p

@@ -27,9 +27,16 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "convnet")
 STEMS = ("imagenet", "cifar", "cifar_pool")
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 RECIPES = ("simclr", "asymmetric")
-CHOICES = {"method": METHODS, "backbone": BACKBONES, "stem": STEMS, "optimizer": OPTIMIZERS,
-           "recipe": RECIPES + ("",), "precision": ("auto", "bf16", "fp16", "fp32"),
-           "channels_last": ("auto", "on", "off"), "fused": ("auto", "on", "off")}
+CHOICES = {
+    "method": METHODS,
+    "backbone": BACKBONES,
+    "stem": STEMS,
+    "optimizer": OPTIMIZERS,
+    "recipe": RECIPES + ("",),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "channels_last": ("auto", "on", "off"),
+    "fused": ("auto", "on", "off"),
+}
 
 
 class ConfigError(ValueError):
@@ -105,7 +112,7 @@ class _Settings:
         blob = json.dumps({k: v for k, v in self.to_dict().items() if k not in unread}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def replace(self, **overrides) -> "Config":
+    def replace(self, **overrides) -> Config:
         return from_dict({**self.to_dict(), **overrides})
 
 
@@ -122,18 +129,33 @@ def _method_settings() -> dict:
 METHOD_SETTINGS = set(_method_settings())
 # The Config: the common settings above plus every method's own, one frozen dataclass.
 Config = dataclasses.make_dataclass(
-    "Config", [(k, type(v).__name__, dataclasses.field(default=v)) for k, v in _method_settings().items()],
-    bases=(_Settings,), frozen=True)
+    "Config",
+    [(k, type(v).__name__, dataclasses.field(default=v)) for k, v in _method_settings().items()],
+    bases=(_Settings,),
+    frozen=True,
+)
 Config.__module__ = __name__
 
 # Every key's range: (low, high), None = unbounded; a "(" / ")" marks an open end. Values must be
 # finite. A method may add its own (`limits` in selfsup.methods).
 LIMITS = {
-    "proj_hidden": (0, None), "proj_dim": (0, None), "crop_scale_min": ("(", 0.0, 1.0),
-    "image_size": (8, 4096), "width": (1, 1024), "epochs": (1, None), "batch_size": (2, None),
-    "lr": ("(", 0.0, 100.0), "weight_decay": (0.0, 10.0), "momentum": (0.0, 1.0, ")"),
-    "warmup_epochs": (0.0, None), "min_lr_ratio": (0.0, 1.0), "seed": (0, 2**63 - 1), "knn_k": (1, None),
-    "eval_every": (0, None), "knn_train_limit": (0, None), "checkpoint_every": (1, None),
+    "proj_hidden": (0, None),
+    "proj_dim": (0, None),
+    "crop_scale_min": ("(", 0.0, 1.0),
+    "image_size": (8, 4096),
+    "width": (1, 1024),
+    "epochs": (1, None),
+    "batch_size": (2, None),
+    "lr": ("(", 0.0, 100.0),
+    "weight_decay": (0.0, 10.0),
+    "momentum": (0.0, 1.0, ")"),
+    "warmup_epochs": (0.0, None),
+    "min_lr_ratio": (0.0, 1.0),
+    "seed": (0, 2**63 - 1),
+    "knn_k": (1, None),
+    "eval_every": (0, None),
+    "knn_train_limit": (0, None),
+    "checkpoint_every": (1, None),
     **{k: v for m in REGISTRY.values() for k, v in getattr(m, "limits", {}).items()},
 }
 
@@ -284,8 +306,12 @@ def parse_seeds(value, source: str) -> list[int] | None:
         if value < 1:
             raise ConfigError(f"{source}: key 'seeds': expected a count >= 1 or a list of seeds, got {value}")
         return list(range(value))
-    if (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                                   for v in value) and len(set(value)) == len(value)):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        and len(set(value)) == len(value)
+    ):
         return list(value)
     raise ConfigError(f"{source}: key 'seeds': expected a count >= 1 or a list of distinct seeds >= 0, got {value!r}")
 

@@ -79,26 +79,35 @@ def _check_arrays(images, labels, class_names, where: str) -> None:
     if labels.ndim != 1:
         raise DataError(f"{where}: 'labels' has shape {labels.shape}; expected (N,)")
     if len(images) != len(labels):
-        raise DataError(f"{where}: 'images' has {len(images)} entries but 'labels' has {len(labels)}; expected the same N")
+        raise DataError(
+            f"{where}: 'images' has {len(images)} entries but 'labels' has {len(labels)}; expected the same N"
+        )
     if len(labels) == 0:
         raise DataError(f"{where}: 'images' and 'labels' are empty; expected at least one image")
     if labels.min() < 0:
         raise DataError(f"{where}: 'labels' has negative value {labels.min()}; expected labels in [0, K)")
     if class_names is None:
         if labels.max() >= _MAX_UNNAMED_CLASSES:
-            raise DataError(f"{where}: 'labels' reach {labels.max()} and there is no 'class_names'; expected labels 0..K-1")
+            raise DataError(
+                f"{where}: 'labels' reach {labels.max()} and there is no 'class_names'; expected labels 0..K-1"
+            )
         return
     if class_names.ndim != 1 or class_names.dtype.kind not in "US" or len(class_names) == 0:
-        raise DataError(f"{where}: 'class_names' has dtype {class_names.dtype} and shape {class_names.shape}; "
-                        "expected a non-empty 1-D array of strings")
+        raise DataError(
+            f"{where}: 'class_names' has dtype {class_names.dtype} and shape {class_names.shape}; "
+            "expected a non-empty 1-D array of strings"
+        )
     if labels.max() >= len(class_names):
-        raise DataError(f"{where}: 'labels' reach {labels.max()} but 'class_names' has {len(class_names)} names; "
-                        f"expected labels in [0, {len(class_names)})")
+        raise DataError(
+            f"{where}: 'labels' reach {labels.max()} but 'class_names' has {len(class_names)} names; "
+            f"expected labels in [0, {len(class_names)})"
+        )
     first: dict = {}
     for i, name in enumerate(class_names.tolist()):
         if name in first:
-            raise DataError(f"{where}: 'class_names' has {name!r} twice (at {first[name]} and {i}); "
-                            "expected K distinct names")
+            raise DataError(
+                f"{where}: 'class_names' has {name!r} twice (at {first[name]} and {i}); expected K distinct names"
+            )
         first[name] = i
 
 
@@ -127,13 +136,16 @@ def _load(path) -> tuple[Split, bool]:
             if key not in archive.files:
                 if key == "class_names":
                     continue
-                raise DataError(f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
-                                "expected 'images' and 'labels'")
+                raise DataError(
+                    f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
+                    "expected 'images' and 'labels'"
+                )
             try:
                 arrays[key] = archive[key]
             except ValueError:  # object arrays need pickle, which we never allow
-                raise DataError(f"{path}: key '{key}' holds Python objects (pickled); expected a plain "
-                                "numeric or string array") from None
+                raise DataError(
+                    f"{path}: key '{key}' holds Python objects (pickled); expected a plain numeric or string array"
+                ) from None
             except (OSError, EOFError, zipfile.BadZipFile) as err:
                 raise DataError(f"{path}: key '{key}' cannot be read ({_one_line(err)})") from None
     images, labels, names = arrays["images"], arrays["labels"], arrays.get("class_names")
@@ -201,8 +213,9 @@ def check_new(folder, overwrite: bool = False) -> None:
 
 def _check_targets(paths, folder: Path, overwrite: bool) -> None:
     if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder}: is a file; expected a folder (or a new path) to write "
-                        f"{', '.join(p.name for p in paths)} into")
+        raise DataError(
+            f"{folder}: is a file; expected a folder (or a new path) to write {', '.join(p.name for p in paths)} into"
+        )
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
@@ -211,8 +224,9 @@ def _check_targets(paths, folder: Path, overwrite: bool) -> None:
 def _save_all(targets: dict, folder: Path, overwrite: bool, compress: bool) -> list[Path]:
     for path, split in targets.items():
         if split is not None:
-            _check_arrays(np.asarray(split.images), np.asarray(split.labels),
-                          np.asarray(split.class_names, dtype=str), str(path))
+            _check_arrays(
+                np.asarray(split.images), np.asarray(split.labels), np.asarray(split.class_names, dtype=str), str(path)
+            )
     _check_targets(list(targets), folder, overwrite)
     created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     temps: dict = {}
@@ -249,7 +263,9 @@ def load_dataset(folder) -> Dataset:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found; expected a folder with train.npz and val.npz (and optionally ood.npz)")
+        raise DataError(
+            f"{folder}: folder not found; expected a folder with train.npz and val.npz (and optionally ood.npz)"
+        )
     train, train_named = _load(folder / "train.npz")
     val, val_named = _load(folder / "val.npz")
     ood = _load(folder / "ood.npz")[0] if (folder / "ood.npz").exists() else None
@@ -257,19 +273,27 @@ def load_dataset(folder) -> Dataset:
     for split in (val, ood):
         if split is not None and split.images.shape[1:] != train.images.shape[1:]:
             h, w = split.images.shape[1:3]
-            raise DataError(f"{split.source}: 'images' are {h}x{w} but train.npz's are "
-                            f"{train.images.shape[1]}x{train.images.shape[2]}; expected one image size for all splits")
+            raise DataError(
+                f"{split.source}: 'images' are {h}x{w} but train.npz's are "
+                f"{train.images.shape[1]}x{train.images.shape[2]}; expected one image size for all splits"
+            )
 
     if train_named and val_named and train.class_names != val.class_names:
-        i = next((i for i, (a, b) in enumerate(zip(val.class_names, train.class_names)) if a != b),
-                 min(len(val.class_names), len(train.class_names)))
-        raise DataError(f"{val.source}: 'class_names' differ from train.npz's ({len(val.class_names)} vs "
-                        f"{len(train.class_names)} names, first at index {i}); expected train's classes in its order")
+        i = next(
+            (i for i, (a, b) in enumerate(zip(val.class_names, train.class_names)) if a != b),
+            min(len(val.class_names), len(train.class_names)),
+        )
+        raise DataError(
+            f"{val.source}: 'class_names' differ from train.npz's ({len(val.class_names)} vs "
+            f"{len(train.class_names)} names, first at index {i}); expected train's classes in its order"
+        )
     # One named list wins; unnamed labels must fit inside it.
     names, other = (val.class_names, train) if val_named and not train_named else (train.class_names, val)
     if other.labels.max() >= len(names):
-        raise DataError(f"{other.source}: 'labels' reach {other.labels.max()} but the dataset has {len(names)} "
-                        "classes; expected val to use train's classes")
+        raise DataError(
+            f"{other.source}: 'labels' reach {other.labels.max()} but the dataset has {len(names)} "
+            "classes; expected val to use train's classes"
+        )
     train.class_names = val.class_names = list(names)
     return Dataset(train, val, ood)
 
@@ -283,10 +307,14 @@ def describe(ds: Dataset) -> str:
             lines.append(f"{name:<5}  (none)")
             continue
         counts = np.bincount(split.labels, minlength=split.num_classes)
-        per_class = f"{counts.min()} per class" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()} per class"
+        per_class = (
+            f"{counts.min()} per class" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()} per class"
+        )
         shown = ", ".join(split.class_names[:10]) + (", ..." if split.num_classes > 10 else "")
-        lines.append(f"{name:<5}  {len(split):>6} images {split.images.shape[1]}x{split.images.shape[2]}, "
-                     f"{split.num_classes} classes, {per_class}: {shown}")
+        lines.append(
+            f"{name:<5}  {len(split):>6} images {split.images.shape[1]}x{split.images.shape[2]}, "
+            f"{split.num_classes} classes, {per_class}: {shown}"
+        )
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def demo_classes(n_id: int = 10, n_ood: int = 10) -> tuple[list[tuple[str, str]]
     order = _demo_order()  # ID from the front, OOD from the back
     if n_id < 1 or n_ood < 0 or n_id + n_ood > len(order):
         raise ValueError(f"demo has {len(order)} classes; asked for {n_id} ID (>= 1) + {n_ood} OOD (>= 0)")
-    return order[:n_id], order[len(order) - n_ood:]
+    return order[:n_id], order[len(order) - n_ood :]
 
 
 def _hsv_to_rgb(h, s, v):
@@ -59,8 +59,9 @@ def _hsv_to_rgb(h, s, v):
     i = np.floor(h * 6).astype(int) % 6
     f = h * 6 - np.floor(h * 6)
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = np.stack([np.stack(c, -1) for c in
-                      [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]])  # (6, n, 3)
+    table = np.stack(
+        [np.stack(c, -1) for c in [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]]
+    )  # (6, n, 3)
     return table[i, np.arange(len(h))]
 
 
@@ -108,7 +109,7 @@ def _shape_mask(shape, u, v):
         return u * u + v * v <= 1.0
     if shape == "ring":
         r2 = u * u + v * v
-        return (r2 <= 1.0) & (r2 >= 0.45 ** 2)
+        return (r2 <= 1.0) & (r2 >= 0.45**2)
     if shape == "square":
         return np.maximum(np.abs(u), np.abs(v)) <= 0.82
     if shape == "triangle":  # equilateral, inradius 0.58
@@ -148,7 +149,7 @@ def _render(shape: str, pattern: str, n: int, size: int, rng) -> np.ndarray:
     def per_image(x):  # (n,) -> (n, 1, 1) for broadcasting over pixels
         return np.asarray(x, f32)[:, None, None]
 
-    yy, xx = (np.mgrid[0:size, 0:size].astype(f32) + 0.5)  # pixel centres, (H, W) each
+    yy, xx = np.mgrid[0:size, 0:size].astype(f32) + 0.5  # pixel centres, (H, W) each
     radius = rng.uniform(*DEMO_RADIUS, n) * size  # object spans ~65-90% of the side
     cx = radius * 0.8 + rng.random(n) * (size - 1.6 * radius)  # may poke a little out of frame
     cy = radius * 0.8 + rng.random(n) * (size - 1.6 * radius)
@@ -169,7 +170,7 @@ def _render(shape: str, pattern: str, n: int, size: int, rng) -> np.ndarray:
 
     bg_a, bg_b, fg_1, fg_2 = (c.astype(f32)[:, None, None, :] for c in _demo_colours(rng, n))  # (n, 1, 1, 3)
     psi = rng.uniform(0, 2 * np.pi, n)  # background gradient direction
-    ramp = ((np.cos(psi)[:, None, None] * (xx - size / 2) + np.sin(psi)[:, None, None] * (yy - size / 2)) / size + 0.5)
+    ramp = (np.cos(psi)[:, None, None] * (xx - size / 2) + np.sin(psi)[:, None, None] * (yy - size / 2)) / size + 0.5
     background = bg_a + (bg_b - bg_a) * ramp.astype(f32)[..., None]
     foreground = np.where(second[..., None], fg_2, fg_1)
     img = np.where(inside[..., None], foreground, background)  # (n, H, W, 3)
@@ -195,10 +196,16 @@ def _render(shape: str, pattern: str, n: int, size: int, rng) -> np.ndarray:
 DEMO_DEFAULTS = dict(size=32, train_per_class=200, val_per_class=100, ood_per_class=150)
 
 
-def make_demo(dest, seed: int = 0, n_id_classes: int = 10, n_ood_classes: int = 10,
-              train_per_class: int = DEMO_DEFAULTS["train_per_class"],
-              val_per_class: int = DEMO_DEFAULTS["val_per_class"],
-              ood_per_class: int = DEMO_DEFAULTS["ood_per_class"], size: int = DEMO_DEFAULTS["size"]) -> Dataset:
+def make_demo(
+    dest,
+    seed: int = 0,
+    n_id_classes: int = 10,
+    n_ood_classes: int = 10,
+    train_per_class: int = DEMO_DEFAULTS["train_per_class"],
+    val_per_class: int = DEMO_DEFAULTS["val_per_class"],
+    ood_per_class: int = DEMO_DEFAULTS["ood_per_class"],
+    size: int = DEMO_DEFAULTS["size"],
+) -> Dataset:
     """Generate the synthetic demo set into ``dest``/{train,val,ood}.npz and return it.
 
     Images (N, size, size, 3) uint8; classes are "shape+pattern" (see
@@ -207,21 +214,28 @@ def make_demo(dest, seed: int = 0, n_id_classes: int = 10, n_ood_classes: int = 
     ood.npz is written (and an old one in ``dest`` is removed).
     """
     if min(train_per_class, val_per_class) < 1 or (n_ood_classes and ood_per_class < 1) or size < 16:
-        raise DataError(f"demo data: need >= 1 image per class and size >= 16, got size {size}, {train_per_class} "
-                        f"train, {val_per_class} val, {ood_per_class} OOD a class")
+        raise DataError(
+            f"demo data: need >= 1 image per class and size >= 16, got size {size}, {train_per_class} "
+            f"train, {val_per_class} val, {ood_per_class} OOD a class"
+        )
     id_combos, ood_combos = demo_classes(n_id_classes, n_ood_classes)
     catalogue = _demo_order()  # a fixed index per class, whatever the counts
 
     def build(combos, per_class, split_no):
         # Each (split, class) has its own stream, so changing one count leaves the other classes unchanged.
-        images = [_render(s, p, per_class, size, np.random.default_rng([seed, split_no, catalogue.index((s, p))]))
-                  for s, p in combos]
+        images = [
+            _render(s, p, per_class, size, np.random.default_rng([seed, split_no, catalogue.index((s, p))]))
+            for s, p in combos
+        ]
         labels = np.repeat(np.arange(len(combos), dtype=np.int64), per_class)
         return Split(np.concatenate(images), labels, [f"{s}+{p}" for s, p in combos])
 
     dest = Path(dest)
-    ds = Dataset(build(id_combos, train_per_class, 0), build(id_combos, val_per_class, 1),
-                 build(ood_combos, ood_per_class, 2) if ood_combos else None)
+    ds = Dataset(
+        build(id_combos, train_per_class, 0),
+        build(id_combos, val_per_class, 1),
+        build(ood_combos, ood_per_class, 2) if ood_combos else None,
+    )
     for name in SPLITS:
         split = getattr(ds, name)
         if split is None:

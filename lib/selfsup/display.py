@@ -67,8 +67,9 @@ def markdown_table(rows, columns) -> str:
     cells = [[esc(f(r.get(k))) for k, _, f in cols] for r in rows]
     # The separator's dashes set the column widths when pandoc (the PDF export) wraps a wide table:
     # each column gets room for its longest cell and its header's longest word, so words stay whole.
-    widths = [max([3, *(len(w) for w in esc(h).split()), *(len(row[i]) for row in cells)])
-              for i, (_, h, _) in enumerate(cols)]
+    widths = [
+        max([3, *(len(w) for w in esc(h).split()), *(len(row[i]) for row in cells)]) for i, (_, h, _) in enumerate(cols)
+    ]
     lines = ["| " + " | ".join(esc(h) for _, h, _ in cols) + " |", "|" + "|".join("-" * w for w in widths) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
@@ -77,8 +78,11 @@ def markdown_table(rows, columns) -> str:
 def config_markdown(cfg) -> str:
     """A Config's settings that differ from the dataclass defaults, as a Markdown table."""
     defaults = Config()
-    rows = [dict(key=k, value=v, default=getattr(defaults, k)) for k, v in cfg.to_dict().items()
-            if v != getattr(defaults, k)]
+    rows = [
+        dict(key=k, value=v, default=getattr(defaults, k))
+        for k, v in cfg.to_dict().items()
+        if v != getattr(defaults, k)
+    ]
     return markdown_table(rows, [("key", "key"), ("value", "value"), ("default", "default")])
 
 

@@ -46,35 +46,60 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
     url = url or os.environ.get(URL_ENV) or TINY_IMAGENET_URL
     known_hash = (known_hash or TINY_IMAGENET_HASH).strip().lower()
     if not url.startswith(("http://", "https://", "ftp://")):
-        raise DataError(f"--url {url}: expected an http://, https:// or ftp:// address (for a zip you already "
-                        "have, use: selfsup data convert ZIP DEST)")
+        raise DataError(
+            f"--url {url}: expected an http://, https:// or ftp:// address (for a zip you already "
+            "have, use: selfsup data convert ZIP DEST)"
+        )
     if not _HASH.fullmatch(known_hash):
-        raise DataError(f"--hash {known_hash}: expected md5:<32 hex digits>, sha256:<64 hex digits> "
-                        "(or sha1:, sha512:)")
+        raise DataError(
+            f"--hash {known_hash}: expected md5:<32 hex digits>, sha256:<64 hex digits> (or sha1:, sha512:)"
+        )
     cache = cache_dir(cache)
     downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20) if url.startswith("http") else None
     try:
-        path = pooch.retrieve(url, known_hash, fname=TINY_IMAGENET_FILE, path=cache, downloader=downloader,
-                              progressbar=progress)
+        path = pooch.retrieve(
+            url, known_hash, fname=TINY_IMAGENET_FILE, path=cache, downloader=downloader, progressbar=progress
+        )
     except requests.RequestException as err:  # refused, 404, truncated, timed out
         raise DataError(f"{url}: download failed ({_one_line(err)}); nothing was kept") from None
     except ValueError as err:  # the hash does not match: pooch has deleted the download
         raise DataError(f"{url}: {_one_line(err)}") from None
     except OSError as err:
-        raise DataError(f"{err.filename or cache}: cannot write the download "
-                        f"({err.strerror or _one_line(err)})") from None
+        raise DataError(
+            f"{err.filename or cache}: cannot write the download ({err.strerror or _one_line(err)})"
+        ) from None
     return Path(path)
 
 
-def tiny_imagenet(dest, id_classes, ood_classes, *, url: str | None = None, known_hash: str | None = None,
-                  cache=None, progress: bool = True, overwrite: bool = False, size: int = 64, seed: int = 0,
-                  compress: bool = False) -> dict:
+def tiny_imagenet(
+    dest,
+    id_classes,
+    ood_classes,
+    *,
+    url: str | None = None,
+    known_hash: str | None = None,
+    cache=None,
+    progress: bool = True,
+    overwrite: bool = False,
+    size: int = 64,
+    seed: int = 0,
+    compress: bool = False,
+) -> dict:
     """Download Tiny-ImageNet-200 (once; see fetch) and convert it to ``dest``/{train,val,ood}.npz
     with imagefolder.convert's class choice and options. The options and ``dest`` are
     checked before downloading. Returns convert's summary plus "archive", the cached zip."""
     imagefolder.check_options(size, seed)
     check_new(dest, overwrite)
     archive = fetch(url, known_hash, cache, progress)
-    summary = imagefolder.convert(archive, dest, id_classes, ood_classes, overwrite=overwrite, size=size,
-                                  compress=compress, seed=seed, progress=progress)
+    summary = imagefolder.convert(
+        archive,
+        dest,
+        id_classes,
+        ood_classes,
+        overwrite=overwrite,
+        size=size,
+        compress=compress,
+        seed=seed,
+        progress=progress,
+    )
     return {**summary, "archive": str(archive)}

@@ -30,8 +30,17 @@ from .knn import _knn_multi, knn_neighbors, knn_predict
 from .probe import linear_probe, stratified_split
 from .runs import Run
 
-__all__ = ["knn_predict", "extract_features", "linear_probe", "evaluate_features", "evaluate_run", "ensure_eval",
-           "ood_parts", "select_parts", "protocol_table"]
+__all__ = [
+    "knn_predict",
+    "extract_features",
+    "linear_probe",
+    "evaluate_features",
+    "evaluate_run",
+    "ensure_eval",
+    "ood_parts",
+    "select_parts",
+    "protocol_table",
+]
 
 SELECT_FRACTION = 0.1  # of the training images, per class, held out of the k-NN's reference set
 
@@ -56,24 +65,44 @@ def _take(x, idx: np.ndarray):
     return np.asarray(x)[idx]
 
 
-def knn_protocols(train_f, train_y, test_f, test_y, *, k: int = 5, weighted_k: int = 20,
-                  knn_temperature: float = 0.07, linear: bool = True, probe_kwargs: dict | None = None,
-                  device=None) -> dict:
+def knn_protocols(
+    train_f,
+    train_y,
+    test_f,
+    test_y,
+    *,
+    k: int = 5,
+    weighted_k: int = 20,
+    knn_temperature: float = 0.07,
+    linear: bool = True,
+    probe_kwargs: dict | None = None,
+    device=None,
+) -> dict:
     """The course k-NN (euclidean, uniform, k), the weighted cosine k-NN (weighted_k,
     knn_temperature) and the linear probe, fitted on (train_f, train_y), scored on (test_f, test_y).
     k values larger than the training set are clipped to it (tiny demo sets)."""
     n = len(train_f)
     k_c, k_w = min(k, n), min(weighted_k, n)
     course = knn_predict(train_f, train_y, test_f, k=k_c, device=device)
-    weighted = knn_predict(train_f, train_y, test_f, k=k_w, metric="cosine", weights="distance",
-                           temperature=knn_temperature, device=device)
-    out = dict(knn=accuracy(course, test_y), knn_weighted=accuracy(weighted, test_y), k=k_c, weighted_k=k_w,
-               n_train=int(n), n_test=int(len(test_f)),
-               predictions=dict(knn=to_numpy(course).tolist(), knn_weighted=to_numpy(weighted).tolist()))
+    weighted = knn_predict(
+        train_f, train_y, test_f, k=k_w, metric="cosine", weights="distance", temperature=knn_temperature, device=device
+    )
+    out = dict(
+        knn=accuracy(course, test_y),
+        knn_weighted=accuracy(weighted, test_y),
+        k=k_c,
+        weighted_k=k_w,
+        n_train=int(n),
+        n_test=int(len(test_f)),
+        predictions=dict(knn=to_numpy(course).tolist(), knn_weighted=to_numpy(weighted).tolist()),
+    )
     if linear:
         probe = linear_probe(train_f, train_y, test_f, test_y, device=device, **(probe_kwargs or {}))
-        out.update(linear=probe["accuracy"], linear_weight_decay=probe["weight_decay"],
-                   linear_val_accuracy=probe["val_accuracy"])
+        out.update(
+            linear=probe["accuracy"],
+            linear_weight_decay=probe["weight_decay"],
+            linear_val_accuracy=probe["val_accuracy"],
+        )
         out["predictions"]["linear"] = probe["predictions"].tolist()
     return out
 
@@ -102,9 +131,17 @@ def select_protocol(train_f, train_y, *, k: int = 5, device=None) -> dict | None
     return dict(knn=accuracy(pred, y[held]), k=k, n_train=len(ref), n_test=len(held))
 
 
-def protocol_table(feature_sets: dict, train_y, test_y, *, ks=(1, 5, 20, 200),
-                   variants=(("euclidean", "uniform"), ("cosine", "distance")), knn_temperature: float = 0.07,
-                   split: str = "val", device=None) -> list[dict]:
+def protocol_table(
+    feature_sets: dict,
+    train_y,
+    test_y,
+    *,
+    ks=(1, 5, 20, 200),
+    variants=(("euclidean", "uniform"), ("cosine", "distance")),
+    knn_temperature: float = 0.07,
+    split: str = "val",
+    device=None,
+) -> list[dict]:
     """k-NN accuracy over k x metric x feature set, as a list of rows (plain dicts).
 
     feature_sets: {name: (train_features, test_features)}, e.g. {"backbone": (...), "projector": (...)}.
@@ -119,20 +156,40 @@ def protocol_table(feature_sets: dict, train_y, test_y, *, ks=(1, 5, 20, 200),
         for metric, weights in variants:
             preds = _knn_multi(train_f, train_y, test_f, usable, metric, weights, knn_temperature, device=device)
             for k in usable:
-                rows.append(dict(split=split, features=name, metric=metric, weights=weights, k=k,
-                                 accuracy=accuracy(preds[k], test_y)))
+                rows.append(
+                    dict(
+                        split=split,
+                        features=name,
+                        metric=metric,
+                        weights=weights,
+                        k=k,
+                        accuracy=accuracy(preds[k], test_y),
+                    )
+                )
     return rows
 
 
 def table_rows(feature_sets: dict, dataset, device=None, **kw) -> list[dict]:
     """protocol_table on val (fitted on train) and, with an OOD set, on OOD probe-test (fitted on
     probe-train). feature_sets: {name: {"train", "val"[, "ood"]} features}."""
-    rows = protocol_table({n: (f["train"], f["val"]) for n, f in feature_sets.items()}, dataset.train.labels,
-                          dataset.val.labels, split="val", device=device, **kw)
+    rows = protocol_table(
+        {n: (f["train"], f["val"]) for n, f in feature_sets.items()},
+        dataset.train.labels,
+        dataset.val.labels,
+        split="val",
+        device=device,
+        **kw,
+    )
     if dataset.ood is not None and all("ood" in f for f in feature_sets.values()):
         tr, te = ood_parts(len(dataset.ood))
-        rows += protocol_table({n: (_take(f["ood"], tr), _take(f["ood"], te)) for n, f in feature_sets.items()},
-                               dataset.ood.labels[tr], dataset.ood.labels[te], split="ood", device=device, **kw)
+        rows += protocol_table(
+            {n: (_take(f["ood"], tr), _take(f["ood"], te)) for n, f in feature_sets.items()},
+            dataset.ood.labels[tr],
+            dataset.ood.labels[te],
+            split="ood",
+            device=device,
+            **kw,
+        )
     return rows
 
 
@@ -144,10 +201,21 @@ def _gallery(train_f, test_f, n: int, k: int, seed: int) -> dict:
     return dict(query=q.tolist(), neighbours=to_numpy(idx).tolist())
 
 
-def evaluate_features(features: dict, dataset, device=None, *, k: int = 5, weighted_k: int = 20,
-                      knn_temperature: float = 0.07, linear: bool = True, table: bool = True,
-                      table_ks=(1, 5, 20, 200), projected: dict | None = None, probe_kwargs: dict | None = None,
-                      gallery: int = 8) -> dict:
+def evaluate_features(
+    features: dict,
+    dataset,
+    device=None,
+    *,
+    k: int = 5,
+    weighted_k: int = 20,
+    knn_temperature: float = 0.07,
+    linear: bool = True,
+    table: bool = True,
+    table_ks=(1, 5, 20, 200),
+    projected: dict | None = None,
+    probe_kwargs: dict | None = None,
+    gallery: int = 8,
+) -> dict:
     """Every protocol for one feature set of a ``selfsup.data.Dataset``.
 
     features: {"train", "val"[, "ood"]} (N, D) backbone features (extract_features).
@@ -158,10 +226,18 @@ def evaluate_features(features: dict, dataset, device=None, *, k: int = 5, weigh
     few val / OOD queries (for figures). Returns a JSON-serialisable dict.
     """
     device = torch.device(device) if device is not None else default_device()
-    kw = dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear,
-              probe_kwargs=probe_kwargs, device=device)
-    out = dict(feature_dim=int(features["train"].shape[1]),
-               settings=dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear))
+    kw = dict(
+        k=k,
+        weighted_k=weighted_k,
+        knn_temperature=knn_temperature,
+        linear=linear,
+        probe_kwargs=probe_kwargs,
+        device=device,
+    )
+    out = dict(
+        feature_dim=int(features["train"].shape[1]),
+        settings=dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear),
+    )
     out["val"] = knn_protocols(features["train"], dataset.train.labels, features["val"], dataset.val.labels, **kw)
     out["select"] = select_protocol(features["train"], dataset.train.labels, k=k, device=device)
     out["gallery"] = dict(val=_gallery(features["train"], features["val"], gallery, 5, seed=0))
@@ -180,8 +256,11 @@ def evaluate_features(features: dict, dataset, device=None, *, k: int = 5, weigh
 
 def extract_all(encoder: torch.nn.Module, dataset, device) -> dict:
     """{"train", "val"[, "ood"]} backbone features (N, D) float32 on device, each split once."""
-    return {s: extract_features(encoder, getattr(dataset, s).images, device=device)
-            for s in ("train", "val", "ood") if getattr(dataset, s) is not None}
+    return {
+        s: extract_features(encoder, getattr(dataset, s).images, device=device)
+        for s in ("train", "val", "ood")
+        if getattr(dataset, s) is not None
+    }
 
 
 def _summary(trained: dict, floor: dict | None) -> dict:
@@ -200,8 +279,9 @@ def _summary(trained: dict, floor: dict | None) -> dict:
     return s
 
 
-def evaluate_run(run_dir, data_dir, device=None, *, table: bool = True, linear: bool = True,
-                 save_features: bool = True, **kwargs) -> dict:
+def evaluate_run(
+    run_dir, data_dir, device=None, *, table: bool = True, linear: bool = True, save_features: bool = True, **kwargs
+) -> dict:
     """Evaluate a finished run folder: write ``eval.json`` and the features it used (features.npz,
     which figures and the explorer read, so they show exactly what eval.json scored).
 
@@ -221,23 +301,36 @@ def evaluate_run(run_dir, data_dir, device=None, *, table: bool = True, linear: 
 
     features = extract_all(model.encoder, dataset, device)
     t_feat = time.perf_counter() - t0
-    projected = ({s: project(model.projector, f) for s, f in features.items()}
-                 if table and model.projector_trained else None)
+    projected = (
+        {s: project(model.projector, f) for s, f in features.items()} if table and model.projector_trained else None
+    )
     trained = evaluate_features(features, dataset, device, projected=projected, **kw)
     trained["seconds"] = dict(features=t_feat, total=time.perf_counter() - t0)
     if save_features:
-        run.save_features({**{f"{s}_features": f.cpu().numpy() for s, f in features.items()},
-                           **{f"{s}_labels": getattr(dataset, s).labels for s in features}})
+        run.save_features(
+            {
+                **{f"{s}_features": f.cpu().numpy() for s, f in features.items()},
+                **{f"{s}_labels": getattr(dataset, s).labels for s in features},
+            }
+        )
     del features, projected, model
 
     floor_encoder = run.random_init(cfg).encoder
     floor = evaluate_features(extract_all(floor_encoder, dataset, device), dataset, device, **{**kw, "table": False})
 
-    result = dict(run_dir=str(run.path), data=str(data_dir), device=str(device), config=cfg.to_dict(),
-                  summary=_summary(trained, floor), trained=trained, random_init=floor,
-                  class_names=dict(val=list(dataset.val.class_names),
-                                   ood=list(dataset.ood.class_names) if dataset.ood is not None else None),
-                  seconds=time.perf_counter() - t0)
+    result = dict(
+        run_dir=str(run.path),
+        data=str(data_dir),
+        device=str(device),
+        config=cfg.to_dict(),
+        summary=_summary(trained, floor),
+        trained=trained,
+        random_init=floor,
+        class_names=dict(
+            val=list(dataset.val.class_names), ood=list(dataset.ood.class_names) if dataset.ood is not None else None
+        ),
+        seconds=time.perf_counter() - t0,
+    )
     run.write_eval(result)
     return result
 

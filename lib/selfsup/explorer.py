@@ -17,17 +17,34 @@ def _views(dataset, features: dict, ev: dict) -> dict:
     """Per split: the images the slider walks through (val: all; OOD: the probe-test part, whose
     predictions eval.json holds) and the reference set their neighbours come from."""
     tr = ev["trained"]
-    views = {"val": dict(images=dataset.val.images, labels=dataset.val.labels, names=list(dataset.val.class_names),
-                         positions=np.arange(len(dataset.val)), pred=np.asarray(tr["val"]["predictions"]["knn"]),
-                         query_f=features["val"], ref_f=features["train"], ref_images=dataset.train.images,
-                         ref_labels=dataset.train.labels, ref_name="training")}
+    views = {
+        "val": dict(
+            images=dataset.val.images,
+            labels=dataset.val.labels,
+            names=list(dataset.val.class_names),
+            positions=np.arange(len(dataset.val)),
+            pred=np.asarray(tr["val"]["predictions"]["knn"]),
+            query_f=features["val"],
+            ref_f=features["train"],
+            ref_images=dataset.train.images,
+            ref_labels=dataset.train.labels,
+            ref_name="training",
+        )
+    }
     if dataset.ood is not None and tr.get("ood") and "ood" in features:
         train_idx, test_idx = ood_parts(len(dataset.ood))
-        views["ood"] = dict(images=dataset.ood.images, labels=dataset.ood.labels, names=list(dataset.ood.class_names),
-                            positions=test_idx, pred=np.asarray(tr["ood"]["predictions"]["knn"]),
-                            query_f=features["ood"], ref_f=features["ood"][train_idx],
-                            ref_images=dataset.ood.images[train_idx], ref_labels=dataset.ood.labels[train_idx],
-                            ref_name="OOD probe-train")
+        views["ood"] = dict(
+            images=dataset.ood.images,
+            labels=dataset.ood.labels,
+            names=list(dataset.ood.class_names),
+            positions=test_idx,
+            pred=np.asarray(tr["ood"]["predictions"]["knn"]),
+            query_f=features["ood"],
+            ref_f=features["ood"][train_idx],
+            ref_images=dataset.ood.images[train_idx],
+            ref_labels=dataset.ood.labels[train_idx],
+            ref_name="OOD probe-train",
+        )
     return views
 
 
@@ -39,9 +56,16 @@ def neighbours_figure(v: dict, split: str, i: int, k: int = 5):
     _, nb = knn_neighbors(v["ref_f"], v["query_f"][pos : pos + 1], k=kk)
     true, pred = int(v["labels"][pos]), int(v["pred"][i])
     title = f"{split} image {i}\ntrue: {v['names'][true]}\npred: {v['names'][pred]}"
-    return plots.neighbour_gallery(v["images"][pos : pos + 1], v["ref_images"], np.asarray(nb), v["ref_labels"],
-                                   v["names"], query_labels=[true], query_titles=[title],
-                                   query_colours=[plots.RIGHT if true == pred else plots.WRONG])
+    return plots.neighbour_gallery(
+        v["images"][pos : pos + 1],
+        v["ref_images"],
+        np.asarray(nb),
+        v["ref_labels"],
+        v["names"],
+        query_labels=[true],
+        query_titles=[title],
+        query_colours=[plots.RIGHT if true == pred else plots.WRONG],
+    )
 
 
 def tsne_figure(v: dict, embedding, chosen_names, title: str = ""):
@@ -67,8 +91,9 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
 
     views = _views(dataset, features, ev)
     split_w = W.ToggleButtons(options=list(views), description="split")
-    index_w = W.IntSlider(value=0, min=0, max=len(views["val"]["positions"]) - 1, description="image #",
-                          continuous_update=False)
+    index_w = W.IntSlider(
+        value=0, min=0, max=len(views["val"]["positions"]) - 1, description="image #", continuous_update=False
+    )
     image_out = W.Output()
     caption_w = W.HTML()  # the prediction as text, beside the figure that shows it
 
@@ -76,8 +101,10 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
         v = views[split_w.value]
         i = min(index_w.value, len(v["positions"]) - 1)
         true, pred = int(v["labels"][int(v["positions"][i])]), int(v["pred"][i])
-        caption_w.value = (f"<b>{split_w.value} image {i}</b>: true <b>{v['names'][true]}</b>, predicted "
-                           f"<b>{v['names'][pred]}</b> ({'right' if true == pred else 'wrong'}, course k-NN)")
+        caption_w.value = (
+            f"<b>{split_w.value} image {i}</b>: true <b>{v['names'][true]}</b>, predicted "
+            f"<b>{v['names'][pred]}</b> ({'right' if true == pred else 'wrong'}, course k-NN)"
+        )
         fig = neighbours_figure(v, split_w.value, i, k)
         with image_out:
             image_out.clear_output(wait=True)
@@ -112,8 +139,12 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
     set_classes()
     draw_image()
     draw_tsne()
-    tabs = W.Tab(children=[W.VBox([W.HBox([split_w, index_w]), caption_w, image_out]),
-                           W.VBox([W.HBox([tsne_split_w, classes_w]), tsne_out])])
+    tabs = W.Tab(
+        children=[
+            W.VBox([W.HBox([split_w, index_w]), caption_w, image_out]),
+            W.VBox([W.HBox([tsne_split_w, classes_w]), tsne_out]),
+        ]
+    )
     tabs.set_title(0, "images")
     tabs.set_title(1, "t-SNE")
     return tabs

@@ -128,7 +128,8 @@ def project(head: torch.nn.Module, features: torch.Tensor, batch_size: int = 409
     try:
         param = next(iter(head.parameters()), None)
         device = param.device if param is not None else features.device
-        return torch.cat([head(features[i : i + batch_size].to(device)).float()
-                          for i in range(0, len(features), batch_size)])
+        return torch.cat(
+            [head(features[i : i + batch_size].to(device)).float() for i in range(0, len(features), batch_size)]
+        )
     finally:
         head.train(was_training)

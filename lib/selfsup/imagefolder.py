@@ -58,12 +58,15 @@ class Source:
             try:
                 self._zip = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as err:
-                raise DataError(f"{self.path}: not a readable .zip ({_one_line(err)}); expected a folder or a "
-                                ".zip holding a Tiny-ImageNet-200 or ImageFolder tree") from None
+                raise DataError(
+                    f"{self.path}: not a readable .zip ({_one_line(err)}); expected a folder or a "
+                    ".zip holding a Tiny-ImageNet-200 or ImageFolder tree"
+                ) from None
             files = [n for n in self._zip.namelist() if not n.endswith("/")]
         else:
-            raise DataError(f"{self.path}: not found; expected a folder or a .zip holding a Tiny-ImageNet-200 "
-                            "or ImageFolder tree")
+            raise DataError(
+                f"{self.path}: not found; expected a folder or a .zip holding a Tiny-ImageNet-200 or ImageFolder tree"
+            )
         self.files = sorted(f for f in files if not any(_hidden(part) for part in f.split("/")))
 
     def open(self, rel: str):
@@ -129,10 +132,14 @@ class Layout:
         if self.kind == "tinyimagenet":
             return f"{at}: Tiny-ImageNet-200, {len(self.classes)} classes (ID val and OOD from val/)"
         if self.held_out:
-            return (f"{at}: ImageFolder, {len(self.classes)} classes in train/, held-out split from "
-                    f"{self.held_out}/ (ID val and OOD)")
+            return (
+                f"{at}: ImageFolder, {len(self.classes)} classes in train/, held-out split from "
+                f"{self.held_out}/ (ID val and OOD)"
+            )
         inside = "train/" if self.train else "class folders"
-        return f"{at}: ImageFolder, {len(self.classes)} classes in {inside}, each ID class split 90/10 into train and val"
+        return (
+            f"{at}: ImageFolder, {len(self.classes)} classes in {inside}, each ID class split 90/10 into train and val"
+        )
 
 
 def find_layout(source: Source) -> Layout:
@@ -164,9 +171,11 @@ def find_layout(source: Source) -> Layout:
         if groups:
             return Layout("imagefolder", root, root, None, sorted(groups), groups)
         break
-    raise DataError(f"{source.where()}: layout not recognised; expected Tiny-ImageNet-200 (wnids.txt, "
-                    "train/<wnid>/images, val/val_annotations.txt) or an ImageFolder tree (<class>/<image>, "
-                    f"optionally under train/ beside {'/, '.join(HELD_OUT)}/), possibly in one wrapping folder")
+    raise DataError(
+        f"{source.where()}: layout not recognised; expected Tiny-ImageNet-200 (wnids.txt, "
+        "train/<wnid>/images, val/val_annotations.txt) or an ImageFolder tree (<class>/<image>, "
+        f"optionally under train/ beside {'/, '.join(HELD_OUT)}/), possibly in one wrapping folder"
+    )
 
 
 # --------------------------------------------------------------------------- decoding
@@ -192,16 +201,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode(source: Source, rels: list[str], labels: list[int], class_names: list[str], size: int,
-            what: str, progress: bool) -> Split:
+def _decode(
+    source: Source, rels: list[str], labels: list[int], class_names: list[str], size: int, what: str, progress: bool
+) -> Split:
     """Decode ``rels`` to (N, size, size, 3) uint8; non-square or other-sized
     images are centre-cropped to a square and resized (bicubic)."""
     size = _check_size(size)
     try:
         images = np.empty((len(rels), size, size, 3), np.uint8)  # filled in place: no second copy of a big set
     except MemoryError:
-        raise DataError(f"{source.where()}: {len(rels)} images of {size}x{size} need "
-                        f"{len(rels) * size * size * 3 / 1e9:.1f} GB of memory; expected a smaller --size") from None
+        raise DataError(
+            f"{source.where()}: {len(rels)} images of {size}x{size} need "
+            f"{len(rels) * size * size * 3 / 1e9:.1f} GB of memory; expected a smaller --size"
+        ) from None
     bar = tqdm(rels, desc=what, unit="img", file=sys.stderr, disable=not progress, delay=_PROGRESS_DELAY_S)
     for i, rel in enumerate(bar):
         try:
@@ -215,15 +227,24 @@ def _decode(source: Source, rels: list[str], labels: list[int], class_names: lis
     return Split(images, np.asarray(labels, np.int64), list(class_names), source.where())
 
 
-def _load_classes(source: Source, base: str, groups: dict, classes: list[str], size: int, what: str,
-                  progress: bool, names: list[str] | None = None) -> Split:
+def _load_classes(
+    source: Source,
+    base: str,
+    groups: dict,
+    classes: list[str],
+    size: int,
+    what: str,
+    progress: bool,
+    names: list[str] | None = None,
+) -> Split:
     """Every image of each class in ``groups`` (files relative to ``base``), labelled by position in ``classes``."""
     rels, labels = [], []
     for label, cls in enumerate(classes):
         found = groups.get(cls, [])
         if not found:
-            raise DataError(f"{source.where(base + cls)}: no images for class '{cls}'; expected "
-                            f"{', '.join(IMAGE_SUFFIXES)} files")
+            raise DataError(
+                f"{source.where(base + cls)}: no images for class '{cls}'; expected {', '.join(IMAGE_SUFFIXES)} files"
+            )
         rels += [base + f for f in found]
         labels += [label] * len(found)
     return _decode(source, rels, labels, names or classes, size, what, progress)
@@ -256,8 +277,10 @@ def _tiny_val_files(source: Source, root: str) -> dict[str, list[str]]:
     if ann not in source.files:
         by_class = _by_class(_under(source.files, root + "val/"))
         if not by_class:
-            raise DataError(f"{source.where(ann)}: file not found; expected Tiny ImageNet's val annotations "
-                            "(filename<TAB>wnid<TAB>bbox) or val/<wnid>/ folders")
+            raise DataError(
+                f"{source.where(ann)}: file not found; expected Tiny ImageNet's val annotations "
+                "(filename<TAB>wnid<TAB>bbox) or val/<wnid>/ folders"
+            )
         return by_class
     by_class = {}
     for lineno, line in enumerate(source.read_text(ann).splitlines(), 1):
@@ -303,8 +326,10 @@ def load_tinyimagenet(src, split: str = "train", classes=None, size: int = 64, p
 def _check_known(where, available: list[str], wanted: list[str]) -> None:
     unknown = [c for c in wanted if c not in set(available)]
     if unknown:
-        raise DataError(f"{where}: unknown class id(s) {', '.join(unknown)}; expected ids from the "
-                        f"{len(available)} available (e.g. {', '.join(available[:3])})")
+        raise DataError(
+            f"{where}: unknown class id(s) {', '.join(unknown)}; expected ids from the "
+            f"{len(available)} available (e.g. {', '.join(available[:3])})"
+        )
 
 
 def list_classes(src) -> list[str]:
@@ -361,8 +386,17 @@ def _resolve(classes, available: list[str], exclude, seed: int) -> list[str]:
 # --------------------------------------------------------------------------- convert
 
 
-def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: int = 64,
-            compress: bool = False, seed: int = 0, progress: bool = False) -> dict:
+def convert(
+    src,
+    dest,
+    id_classes,
+    ood_classes,
+    overwrite: bool = False,
+    size: int = 64,
+    compress: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
     """Write ``dest``/{train,val,ood}.npz in course format from a tree (folder or .zip).
 
     ``id_classes`` / ``ood_classes``: lists of class ids, or specs as the CLI
@@ -390,8 +424,9 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
         _check_known(source.where(), layout.classes, id_classes + ood_classes)
         both = [c for c in id_classes if c in set(ood_classes)]
         if both:
-            raise DataError(f"{source.where()}: class id(s) in both ID and OOD: {', '.join(both)}; "
-                            "expected disjoint sets")
+            raise DataError(
+                f"{source.where()}: class id(s) in both ID and OOD: {', '.join(both)}; expected disjoint sets"
+            )
         check_new(dest, overwrite)  # say so now, not after minutes of decoding
 
         ood = None
@@ -415,11 +450,18 @@ def convert(src, dest, id_classes, ood_classes, overwrite: bool = False, size: i
 
     save_dataset({"train": train, "val": val, "ood": ood}, dest, overwrite=overwrite, compress=compress)
     return {
-        "layout": layout.kind, "held_out": layout.held_out, "description": description,
-        "dest": str(dest), "image_size": size,
-        "train": len(train), "val": len(val), "ood": len(ood) if ood is not None else 0,
-        "id_classes": id_classes, "ood_classes": ood_classes,
-        "class_names": train.class_names, "ood_class_names": ood.class_names if ood is not None else [],
+        "layout": layout.kind,
+        "held_out": layout.held_out,
+        "description": description,
+        "dest": str(dest),
+        "image_size": size,
+        "train": len(train),
+        "val": len(val),
+        "ood": len(ood) if ood is not None else 0,
+        "id_classes": id_classes,
+        "ood_classes": ood_classes,
+        "class_names": train.class_names,
+        "ood_class_names": ood.class_names if ood is not None else [],
     }
 
 
@@ -429,12 +471,16 @@ def _split_90_10(source: Source, layout: Layout, classes: list[str], size: int, 
     for label, cls in enumerate(classes):
         files = [layout.train + f for f in layout.groups.get(cls, [])]
         if len(files) < 2:
-            raise DataError(f"{source.where(layout.train + cls)}: {len(files)} image(s) for class '{cls}'; "
-                            "expected at least 2 to split 90/10")
+            raise DataError(
+                f"{source.where(layout.train + cls)}: {len(files)} image(s) for class '{cls}'; "
+                "expected at least 2 to split 90/10"
+            )
         n_val = max(1, len(files) // 10)
         train_files += files[:-n_val]
         train_labels += [label] * (len(files) - n_val)
         val_files += files[-n_val:]
         val_labels += [label] * n_val
-    return (_decode(source, train_files, train_labels, classes, size, "train (90%)", progress),
-            _decode(source, val_files, val_labels, classes, size, "val (10%)", progress))
+    return (
+        _decode(source, train_files, train_labels, classes, size, "train (90%)", progress),
+        _decode(source, val_files, val_labels, classes, size, "val (10%)", progress),
+    )

@@ -1,10 +1,10 @@
 """k-nearest-neighbour classification that reproduces scikit-learn, ties included, at GPU speed.
 
-    knn_predict(train_f, train_y, test_f, k=5)   -> (M,) predicted labels (the course protocol:
-                                                    KNeighborsClassifier(n_neighbors=5))
-    knn_predict(..., metric="cosine", weights="distance", temperature=0.07)
-                                                 -> the weighted k-NN of SSL papers
-    knn_neighbors(train_f, test_f, k)            -> the k nearest training points
+knn_predict(train_f, train_y, test_f, k=5)   -> (M,) predicted labels (the course protocol:
+                                                KNeighborsClassifier(n_neighbors=5))
+knn_predict(..., metric="cosine", weights="distance", temperature=0.07)
+                                             -> the weighted k-NN of SSL papers
+knn_neighbors(train_f, test_f, k)            -> the k nearest training points
 """
 
 from __future__ import annotations
@@ -206,8 +206,15 @@ class _Neighbours:
     train (N, D) float32/64, yy (N,) its squared norms in the same dtype (from _sq_norms).
     """
 
-    def __init__(self, train: torch.Tensor, yy: torch.Tensor, chunk_size: int | None,
-                 train_chunk_size: int | None, n_queries: int, sklearn_threads: int | None):
+    def __init__(
+        self,
+        train: torch.Tensor,
+        yy: torch.Tensor,
+        chunk_size: int | None,
+        train_chunk_size: int | None,
+        n_queries: int,
+        sklearn_threads: int | None,
+    ):
         self.train, self.yy = train, yy
         self.n, self.dim = train.shape
         cuda = train.device.type == "cuda"
@@ -299,8 +306,13 @@ class _Neighbours:
         """
         m = len(test)
         kmax = max(ks)
-        out = {k: (torch.empty(m, k, dtype=torch.float64, device=test.device),
-                   torch.empty(m, k, dtype=torch.long, device=test.device)) for k in ks}
+        out = {
+            k: (
+                torch.empty(m, k, dtype=torch.float64, device=test.device),
+                torch.empty(m, k, dtype=torch.long, device=test.device),
+            )
+            for k in ks
+        }
         c0 = min(self.n, kmax + max(16, kmax // 2))
         for s in range(0, m, self.chunk_size):
             q = test[s : s + self.chunk_size]
@@ -387,8 +399,9 @@ def _prepare(train_features, train_labels, test_features, metric, device):
     return train, labels, test, yy, qq
 
 
-def _vote(d2: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, n_classes: int, metric: str,
-          weights: str, temperature: float) -> torch.Tensor:
+def _vote(
+    d2: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, n_classes: int, metric: str, weights: str, temperature: float
+) -> torch.Tensor:
     """Class index per query from its k neighbours, sorted nearest first; class ties -> smallest."""
     labels = y[idx]  # (M, k) class indices
     if weights == "uniform":
@@ -411,9 +424,19 @@ def _vote(d2: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, n_classes: int, 
     return scores.argmax(1)
 
 
-def _knn_multi(train_features, train_labels, test_features, ks, metric="euclidean", weights="uniform",
-               temperature=0.07, chunk_size=None, train_chunk_size=None, device=None,
-               sklearn_threads=None) -> dict[int, torch.Tensor]:
+def _knn_multi(
+    train_features,
+    train_labels,
+    test_features,
+    ks,
+    metric="euclidean",
+    weights="uniform",
+    temperature=0.07,
+    chunk_size=None,
+    train_chunk_size=None,
+    device=None,
+    sklearn_threads=None,
+) -> dict[int, torch.Tensor]:
     """knn_predict for several k at once (one distance pass) -> {k: (M,) labels}."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights: expected one of {list(WEIGHTS)}, got {weights!r}")
@@ -431,15 +454,27 @@ def _knn_multi(train_features, train_labels, test_features, ks, metric="euclidea
         return {k: torch.empty(0, dtype=torch.long, device=out_device) for k in ks}
     with _ieee_fp32_matmul():
         nb = _Neighbours(train, yy, chunk_size, train_chunk_size, len(test), sklearn_threads).search(
-            test, qq, ks, exact=weights != "uniform")
-    return {k: classes[_vote(d2, idx, y_idx, len(classes), metric, weights, temperature)].to(out_device)
-            for k, (d2, idx) in nb.items()}
+            test, qq, ks, exact=weights != "uniform"
+        )
+    return {
+        k: classes[_vote(d2, idx, y_idx, len(classes), metric, weights, temperature)].to(out_device)
+        for k, (d2, idx) in nb.items()
+    }
 
 
-def knn_predict(train_features, train_labels, test_features, k: int = 5, metric: str = "euclidean",
-                weights: str = "uniform", temperature: float = 0.07, chunk_size: int | None = None,
-                train_chunk_size: int | None = None, device=None,
-                sklearn_threads: int | None = None) -> torch.Tensor:
+def knn_predict(
+    train_features,
+    train_labels,
+    test_features,
+    k: int = 5,
+    metric: str = "euclidean",
+    weights: str = "uniform",
+    temperature: float = 0.07,
+    chunk_size: int | None = None,
+    train_chunk_size: int | None = None,
+    device=None,
+    sklearn_threads: int | None = None,
+) -> torch.Tensor:
     """k-nearest-neighbour classification of test features by training features.
 
     train_features (N, D), train_labels (N,) integers, test_features (M, D): numpy or torch.
@@ -466,12 +501,30 @@ def knn_predict(train_features, train_labels, test_features, k: int = 5, metric:
         (M, N) distance matrix is never built; results do not depend on the chunking.
     device: where to compute; default: test_features' device, else CUDA if available.
     """
-    return _knn_multi(train_features, train_labels, test_features, [k], metric, weights, temperature,
-                      chunk_size, train_chunk_size, device, sklearn_threads)[int(k)]
+    return _knn_multi(
+        train_features,
+        train_labels,
+        test_features,
+        [k],
+        metric,
+        weights,
+        temperature,
+        chunk_size,
+        train_chunk_size,
+        device,
+        sklearn_threads,
+    )[int(k)]
 
 
-def knn_neighbors(train_features, test_features, k: int = 5, metric: str = "euclidean", device=None,
-                  chunk_size: int | None = None, sklearn_threads: int | None = None):
+def knn_neighbors(
+    train_features,
+    test_features,
+    k: int = 5,
+    metric: str = "euclidean",
+    device=None,
+    chunk_size: int | None = None,
+    sklearn_threads: int | None = None,
+):
     """The k nearest training points of each test point, nearest first.
 
     Returns (scores (M, k) float64, indices (M, k) int64) on test_features' device (CPU for numpy):
@@ -488,5 +541,3 @@ def knn_neighbors(train_features, test_features, k: int = 5, metric: str = "eucl
         d2, idx = _Neighbours(train, yy, chunk_size, None, len(test), sklearn_threads).search(test, qq, [k])[k]
     scores = (1.0 - d2 / 2.0) if metric == "cosine" else d2.sqrt()
     return scores.to(out_device), idx.to(out_device)
-
-

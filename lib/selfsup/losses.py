@@ -97,8 +97,14 @@ def _covariance_penalty(z: torch.Tensor) -> torch.Tensor:
 
 
 @fp32_loss
-def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
-                cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    sim_weight: float = 25.0,
+    var_weight: float = 25.0,
+    cov_weight: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
     """VICReg (Bardes, Ponce & LeCun, ICLR 2022): invariance, variance and covariance terms.
 
     invariance  mean squared error between the views' embeddings, mean over batch and dimensions

@@ -118,8 +118,10 @@ class BYOL(Method):
         target = list(self.target_encoder.parameters()) + list(self.target_projector.parameters())
         torch._foreach_lerp_(target, online, 1 - self.momentum)
         # BN running statistics are copied, not averaged (they are not trained weights).
-        for t, o in zip([*self.target_encoder.buffers(), *self.target_projector.buffers()],
-                        [*self.encoder.buffers(), *self.projector.buffers()]):
+        for t, o in zip(
+            [*self.target_encoder.buffers(), *self.target_projector.buffers()],
+            [*self.encoder.buffers(), *self.projector.buffers()],
+        ):
             t.copy_(o)
 
 

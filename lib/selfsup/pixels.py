@@ -29,14 +29,14 @@ _ONES3 = ((1.0,) * 3,) * 3  # J
 _CROSS = ((0, -1, 1), (1, 0, -1), (-1, 1, 0))  # K = sqrt(3) [u]x for u = (1, 1, 1) / sqrt(3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A small constant tensor, made once per device and dtype: torch.tensor(..., device="cuda")
     copies from pageable host memory, which synchronises the stream on every call. Read-only."""
     return torch.tensor(values, device=device, dtype=dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pixel_centres(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(size,) output pixel centres in [-1, 1] (align_corners=False): (2i + 1) / size - 1. Read-only."""
     return (torch.arange(size, device=device, dtype=dtype) * 2 + 1) / size - 1
@@ -91,8 +91,7 @@ def crop_grid(theta, size):
     gx = theta[:, 0, 0:1] * base + theta[:, 0, 2:3]  # (B, size), by column
     gy = theta[:, 1, 1:2] * base + theta[:, 1, 2:3]  # (B, size), by row
     batch = theta.shape[0]
-    return torch.stack([gx.unsqueeze(1).expand(batch, size, size),
-                        gy.unsqueeze(2).expand(batch, size, size)], dim=3)
+    return torch.stack([gx.unsqueeze(1).expand(batch, size, size), gy.unsqueeze(2).expand(batch, size, size)], dim=3)
 
 
 def resized_crop(x, params, size):
@@ -161,8 +160,11 @@ def colour_matrix(params, mean_colour, scale=1.0):
     mean_h = torch.cat([mean_colour, torch.ones(batch, 1, device=device, dtype=dtype)], dim=1)  # (B, 4)
 
     # Brightness, saturation and hue do not depend on the image: build them once.
-    brightness = torch.diag_embed(torch.cat([params["brightness"].view(-1, 1).expand(batch, 3),
-                                             torch.ones(batch, 1, device=device, dtype=dtype)], dim=1))
+    brightness = torch.diag_embed(
+        torch.cat(
+            [params["brightness"].view(-1, 1).expand(batch, 3), torch.ones(batch, 1, device=device, dtype=dtype)], dim=1
+        )
+    )
     saturation = _blend_with(params["saturation"], gray)
     hue = _hue_rotation(params["hue"])
     contrast = params["contrast"]
@@ -197,13 +199,13 @@ def apply_colour(x, matrix):
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _squared_offsets(kernel_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(kernel_size,) squared tap offsets from the kernel's centre. Read-only."""
     return (torch.arange(kernel_size, device=device, dtype=dtype) - kernel_size // 2) ** 2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tap_matrix(kernel_size: int, side: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """(kernel_size, side * side): entry [t, i * side + j] is 1 where tap t of the kernel centred on
     pixel i reads pixel j, with torchvision's reflect padding (tap i + t outside [0, side) reads
@@ -275,5 +277,3 @@ def apply_drawn(x, flags, p, op, *per_image):
 def solarize(x, threshold=0.5):
     """Images in [0, 1]: v -> 1 - v for v >= threshold (torchvision's solarize on floats)."""
     return torch.where(x >= threshold, 1 - x, x)
-
-

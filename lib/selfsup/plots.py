@@ -102,23 +102,46 @@ def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> 
 def _prediction_row(axes, images, true, pred, names, n, rng, label):
     images, true, pred = _hwc(images), _np(true), _np(pred)
     if not (len(images) == len(true) == len(pred)):
-        raise ValueError(f"figure2_predictions: {label}: {len(images)} images, {len(true)} true labels, "
-                         f"{len(pred)} predictions; expected equal lengths")
+        raise ValueError(
+            f"figure2_predictions: {label}: {len(images)} images, {len(true)} true labels, "
+            f"{len(pred)} predictions; expected equal lengths"
+        )
     pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
     for ax in axes:
         ax.axis("off")
     for ax, i in zip(axes, pick):
         ax.imshow(images[i], interpolation="nearest")
         ok = true[i] == pred[i]
-        ax.set_title(f"true: {names[int(true[i])]}\npred: {names[int(pred[i])]}", fontsize=7,
-                     color=RIGHT if ok else WRONG)
-    axes[0].text(-0.15, 0.5, label, transform=axes[0].transAxes, rotation=90, ha="right", va="center",
-                 fontsize=10, fontweight="bold")
+        ax.set_title(
+            f"true: {names[int(true[i])]}\npred: {names[int(pred[i])]}", fontsize=7, color=RIGHT if ok else WRONG
+        )
+    axes[0].text(
+        -0.15,
+        0.5,
+        label,
+        transform=axes[0].transAxes,
+        rotation=90,
+        ha="right",
+        va="center",
+        fontsize=10,
+        fontweight="bold",
+    )
 
 
-def figure2_predictions(images, true_labels, pred_labels, class_names, ood_images=None, ood_true=None,
-                        ood_pred=None, ood_class_names=None, *, n: int = 10, seed: int = 0,
-                        path=None) -> Figure:
+def figure2_predictions(
+    images,
+    true_labels,
+    pred_labels,
+    class_names,
+    ood_images=None,
+    ood_true=None,
+    ood_pred=None,
+    ood_class_names=None,
+    *,
+    n: int = 10,
+    seed: int = 0,
+    path=None,
+) -> Figure:
     """n random val images and n random OOD images with true and predicted class names; a title is
     green when the prediction is right, red when wrong.
 
@@ -151,8 +174,7 @@ def tsne_embedding(features, seed: int = 0, perplexity: float = 30.0, **tsne_kwa
 
     x = _np(features).astype(np.float32)
     perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))  # t-SNE needs perplexity < N
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                **tsne_kwargs).fit_transform(x)
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, **tsne_kwargs).fit_transform(x)
 
 
 def tsne_panel(ax, emb, labels, names, shown, title: str = "") -> None:
@@ -162,8 +184,15 @@ def tsne_panel(ax, emb, labels, names, shown, title: str = "") -> None:
     rest = ~np.isin(labels, shown)
     if rest.any():
         n_rest = len(np.unique(labels[rest]))
-        ax.scatter(emb[rest, 0], emb[rest, 1], s=3, c=GREY, alpha=0.35, linewidths=0,
-                   label=f"{n_rest} other class{'es' if n_rest != 1 else ''}")
+        ax.scatter(
+            emb[rest, 0],
+            emb[rest, 1],
+            s=3,
+            c=GREY,
+            alpha=0.35,
+            linewidths=0,
+            label=f"{n_rest} other class{'es' if n_rest != 1 else ''}",
+        )
     for colour, c in zip(_palette(len(shown)), shown):
         m = labels == c
         name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
@@ -181,9 +210,20 @@ def _palette(n: int):
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *, n_highlight: int = 20,
-                 seed: int = 0, class_names=None, ood_class_names=None, embeddings=None,
-                 tsne_kwargs: dict | None = None, path=None) -> Figure:
+def figure3_tsne(
+    val_features,
+    val_labels,
+    ood_features=None,
+    ood_labels=None,
+    *,
+    n_highlight: int = 20,
+    seed: int = 0,
+    class_names=None,
+    ood_class_names=None,
+    embeddings=None,
+    tsne_kwargs: dict | None = None,
+    path=None,
+) -> Figure:
     """t-SNE of val features and of OOD features, two panels. n_highlight random classes (seeded)
     are coloured, the rest grey; with <= n_highlight classes all are coloured.
 
@@ -200,8 +240,11 @@ def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *
         if emb is None:
             emb = tsne_embedding(feats, seed, **(tsne_kwargs or {}))
         classes = np.unique(_np(labels))
-        shown = (classes if len(classes) <= n_highlight
-                 else np.sort(np.random.RandomState(seed).choice(classes, n_highlight, replace=False)))
+        shown = (
+            classes
+            if len(classes) <= n_highlight
+            else np.sort(np.random.RandomState(seed).choice(classes, n_highlight, replace=False))
+        )
         tsne_panel(ax, _np(emb), labels, names, shown, title)
     return _save(fig, path)
 
@@ -210,9 +253,19 @@ def figure3_tsne(val_features, val_labels, ood_features=None, ood_labels=None, *
 # Neighbours, comparisons, ablations
 
 
-def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, class_names, *,
-                      query_labels=None, query_class_names=None, query_titles=None, query_colours=None,
-                      path=None) -> Figure:
+def neighbour_gallery(
+    query_images,
+    train_images,
+    neighbour_idx,
+    train_labels,
+    class_names,
+    *,
+    query_labels=None,
+    query_class_names=None,
+    query_titles=None,
+    query_colours=None,
+    path=None,
+) -> Figure:
     """One row per query: the query image, then its nearest training images (nearest first)
     with their class names; green when a neighbour's class is the query's, red otherwise.
 
@@ -232,8 +285,12 @@ def neighbour_gallery(query_images, train_images, neighbour_idx, train_labels, c
         axes[r, 0].imshow(q_img[r], interpolation="nearest")
         qlab = None if query_labels is None else int(_np(query_labels)[r])
         title = "query" + (f"\n{q_names[qlab]}" if qlab is not None else "")
-        axes[r, 0].set_title(title if query_titles is None else query_titles[r], fontsize=7, fontweight="bold",
-                             color="black" if query_colours is None else query_colours[r])
+        axes[r, 0].set_title(
+            title if query_titles is None else query_titles[r],
+            fontsize=7,
+            fontweight="bold",
+            color="black" if query_colours is None else query_colours[r],
+        )
         for j in range(k):
             ax = axes[r, j + 1]
             ax.imshow(t_img[idx[r, j]], interpolation="nearest")
@@ -253,13 +310,17 @@ def _floor_value(results: dict, metric: str, floor):
     if floor is not None:
         return (floor.get(metric) if isinstance(floor, dict) else floor), None
     vals = [r[f"random_init_{metric}"] for r in results.values() if r.get(f"random_init_{metric}") is not None]
-    ints = [r[f"random_init_{metric}_interval"] for r in results.values()
-            if r.get(f"random_init_{metric}_interval") is not None and np.isfinite(r[f"random_init_{metric}_interval"])]
+    ints = [
+        r[f"random_init_{metric}_interval"]
+        for r in results.values()
+        if r.get(f"random_init_{metric}_interval") is not None and np.isfinite(r[f"random_init_{metric}_interval"])
+    ]
     return (float(np.mean(vals)) if vals else None), (float(np.mean(ints)) if ints else None)
 
 
-def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None, labels=None,
-                   title: str | None = None, path=None) -> Figure:
+def comparison_bar(
+    results: dict, metrics=("val_knn", "ood_knn"), *, floor=None, labels=None, title: str | None = None, path=None
+) -> Figure:
     """Grouped bars: for each method / sweep point (the keys of ``results``, each an eval.json
     ``summary`` dict or a results.summarise row), one bar per metric (accuracy in %), with error
     bars where the row has ``<metric>_interval``. The random-init floor is a dashed line per metric
@@ -277,11 +338,23 @@ def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None,
     colours = _palette(max(len(metrics), 2))
     for i, m in enumerate(metrics):
         vals = np.array([100 * results[n][m] if results[n].get(m) is not None else np.nan for n in names])
-        errs = np.array([100 * results[n][f"{m}_interval"] if results[n].get(f"{m}_interval") is not None
-                         else np.nan for n in names])
+        errs = np.array(
+            [
+                100 * results[n][f"{m}_interval"] if results[n].get(f"{m}_interval") is not None else np.nan
+                for n in names
+            ]
+        )
         yerr = np.where(np.isfinite(errs), errs, 0.0) if np.isfinite(errs).any() else None
-        bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, vals, width, color=colours[i], label=labels.get(m, m),
-                      yerr=yerr, capsize=3, error_kw=dict(lw=1))
+        bars = ax.bar(
+            x + (i - (len(metrics) - 1) / 2) * width,
+            vals,
+            width,
+            color=colours[i],
+            label=labels.get(m, m),
+            yerr=yerr,
+            capsize=3,
+            error_kw=dict(lw=1),
+        )
         for b, v, e in zip(bars, vals, errs):
             if np.isfinite(v):
                 top = v + (e if np.isfinite(e) else 0)
@@ -291,8 +364,12 @@ def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None,
             ax.axhline(100 * f, color=colours[i], ls="--", lw=1.2, zorder=3, label=f"{labels.get(m, m)}: random init")
             if f_int:
                 ax.axhspan(100 * (f - f_int), 100 * (f + f_int), color=colours[i], alpha=0.12, lw=0)
-    ax.set_xticks(x, names, rotation=20 if max(len(n) for n in names) > 10 else 0, ha="right" if
-                  max(len(n) for n in names) > 10 else "center")
+    ax.set_xticks(
+        x,
+        names,
+        rotation=20 if max(len(n) for n in names) > 10 else 0,
+        ha="right" if max(len(n) for n in names) > 10 else "center",
+    )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.grid(axis="y", alpha=0.3)
@@ -302,12 +379,21 @@ def comparison_bar(results: dict, metrics=("val_knn", "ood_knn"), *, floor=None,
     return _save(fig, path)
 
 
-def ablation_plot(rows: list[dict], axis_key: str, metrics=("val_knn", "ood_knn"), *, group_key: str | None = None,
-                  log_x: bool | None = None, title: str | None = None, path=None) -> Figure:
+def ablation_plot(
+    rows: list[dict],
+    axis_key: str,
+    metrics=("val_knn", "ood_knn"),
+    *,
+    group_key: str | None = None,
+    log_x: bool | None = None,
+    title: str | None = None,
+    path=None,
+) -> Figure:
     """A sweep table (list of dicts, e.g. config values + eval summaries) as lines: ``metrics``
     (accuracies in [0, 1], drawn in %) against ``axis_key``, one line per metric (and per value of
-    ``group_key``), with a band of ``<metric>_interval`` where the rows have it. Numeric axes are sorted, on a log scale when positive and spanning more than
-    two decades (log_x overrides); other values are placed in first-seen order.
+    ``group_key``), with a band of ``<metric>_interval`` where the rows have it. Numeric axes are
+    sorted, on a log scale when positive and spanning more than two decades (log_x overrides);
+    other values are placed in first-seen order.
     """
     rows = [r for r in rows if r.get(axis_key) is not None]
     if not rows:
@@ -333,8 +419,9 @@ def ablation_plot(rows: list[dict], axis_key: str, metrics=("val_knn", "ood_knn"
         x = [r[axis_key] for r in grows] if numeric else [categories.index(str(r[axis_key])) for r in grows]
         for mi, m in enumerate(metrics):
             y = np.array([100 * r[m] if r.get(m) is not None else np.nan for r in grows], dtype=float)
-            e = np.array([100 * r[f"{m}_interval"] if r.get(f"{m}_interval") is not None else np.nan
-                          for r in grows], dtype=float)
+            e = np.array(
+                [100 * r[f"{m}_interval"] if r.get(f"{m}_interval") is not None else np.nan for r in grows], dtype=float
+            )
             label = _label(m) + (f" ({group_key}={g})" if group_key else "")
             colour = colours[c % len(colours)]
             ax.plot(x, y, styles[mi % len(styles)], color=colour, ms=4, label=label)

@@ -40,8 +40,9 @@ def _standardiser(x: torch.Tensor):
     return lambda z: (z - mean) / std
 
 
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int,
-                init=None) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_logreg(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, max_iter: int, init=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression: mean cross-entropy + weight_decay / 2 * ||W||^2 (bias not
     penalised, as scikit-learn), full-batch L-BFGS with a strong-Wolfe line search."""
     d = x.shape[1]
@@ -50,8 +51,15 @@ def _fit_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: 
         b = torch.zeros(n_classes, device=x.device, requires_grad=True)
     else:
         w, b = (t.detach().clone().requires_grad_(True) for t in init)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -69,8 +77,18 @@ def _logits(x, wb):
     return torch.addmm(wb[1], x, wb[0])
 
 
-def linear_probe(train_x, train_y, test_x, test_y=None, *, val_fraction: float = 0.2,
-                 weight_decays=WEIGHT_DECAYS, epochs: int = 200, seed: int = 0, device=None) -> dict:
+def linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y=None,
+    *,
+    val_fraction: float = 0.2,
+    weight_decays=WEIGHT_DECAYS,
+    epochs: int = 200,
+    seed: int = 0,
+    device=None,
+) -> dict:
     """Multinomial logistic regression on frozen features.
 
     train_x (N, D), train_y (N,) integers, test_x (M, D), test_y (M,) or None; numpy or torch.
@@ -125,7 +143,12 @@ def linear_probe(train_x, train_y, test_x, test_y=None, *, val_fraction: float =
     if test_y is not None:
         yt = int_labels(test_y, device, len(xt), "test_y")
         acc = accuracy(pred, yt)
-    return dict(accuracy=acc, predictions=pred, weight_decay=chosen, val_accuracy=val_accs.get(chosen),
-                val_accuracies=val_accs, train_accuracy=train_acc, seconds=time.perf_counter() - t0)
-
-
+    return dict(
+        accuracy=acc,
+        predictions=pred,
+        weight_decay=chosen,
+        val_accuracy=val_accs.get(chosen),
+        val_accuracies=val_accs,
+        train_accuracy=train_acc,
+        seconds=time.perf_counter() - t0,
+    )

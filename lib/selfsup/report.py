@@ -13,8 +13,8 @@ from .data import load_dataset
 from .display import fmt, is_missing, listing, markdown_table, pct, plural, show_figure, show_markdown, show_plot
 from .evaluate import SELECT_FRACTION, ensure_eval, ood_parts, run_features
 from .methods import REGISTRY
-from .runs import Run, read_json, write_json
 from .results import above_floor, axis_results, separated, summarise
+from .runs import Run, read_json, write_json
 from .sweep import course_axes
 
 METHOD_NAMES = {name: m.title for name, m in REGISTRY.items()}
@@ -28,24 +28,42 @@ def settings_that_differ(run_dirs: dict) -> dict[str, dict]:
     for name, run_dir in run_dirs.items():
         cfg = Run(run_dir).config()
         resolved[name] = {**cfg.to_dict(), "recipe": cfg.aug_recipe, **cfg.heads}
-    keys = [k for k in next(iter(resolved.values()), {})
-            if k != "method" and len({repr(r[k]) for r in resolved.values()}) > 1]
+    keys = [
+        k
+        for k in next(iter(resolved.values()), {})
+        if k != "method" and len({repr(r[k]) for r in resolved.values()}) > 1
+    ]
     return {name: {k: r[k] for k in keys} for name, r in resolved.items()}
 
 
 def headline_rows(ev: dict) -> list[dict]:
     """eval.json -> rows (protocol, val, ood, floor_val, floor_ood) for HEADLINE_COLUMNS."""
     s, val = ev["summary"], ev["trained"]["val"]
-    names = (("knn", f"k-NN, course protocol (k={val.get('k', 5)}, euclidean)"),
-             ("knn_weighted", f"k-NN, weighted cosine (k={val.get('weighted_k', 20)})"),
-             ("linear", "linear probe"))
-    return [dict(protocol=name, val=s.get(f"val_{key}"), ood=s.get(f"ood_{key}"),
-                 floor_val=s.get(f"random_init_val_{key}"), floor_ood=s.get(f"random_init_ood_{key}"))
-            for key, name in names if f"val_{key}" in s]
+    names = (
+        ("knn", f"k-NN, course protocol (k={val.get('k', 5)}, euclidean)"),
+        ("knn_weighted", f"k-NN, weighted cosine (k={val.get('weighted_k', 20)})"),
+        ("linear", "linear probe"),
+    )
+    return [
+        dict(
+            protocol=name,
+            val=s.get(f"val_{key}"),
+            ood=s.get(f"ood_{key}"),
+            floor_val=s.get(f"random_init_val_{key}"),
+            floor_ood=s.get(f"random_init_ood_{key}"),
+        )
+        for key, name in names
+        if f"val_{key}" in s
+    ]
 
 
-HEADLINE_COLUMNS = [("protocol", "protocol"), ("val", "val, trained", pct), ("floor_val", "val, random init", pct),
-                    ("ood", "OOD, trained", pct), ("floor_ood", "OOD, random init", pct)]
+HEADLINE_COLUMNS = [
+    ("protocol", "protocol"),
+    ("val", "val, trained", pct),
+    ("floor_val", "val, random init", pct),
+    ("ood", "OOD, trained", pct),
+    ("floor_ood", "OOD, random init", pct),
+]
 
 
 def protocol_markdown(rows: list[dict]) -> str:
@@ -57,8 +75,10 @@ def protocol_markdown(rows: list[dict]) -> str:
         key = (r["split"], r["features"], f"{r['metric']}, {votes}")
         table.setdefault(key, {})[r["k"]] = r["accuracy"]
     out = [dict(split=s, features=f, metric=m, **{f"k{k}": v.get(k) for k in ks}) for (s, f, m), v in table.items()]
-    return markdown_table(out, [("split", "split"), ("features", "features"), ("metric", "metric"),
-                                *[(f"k{k}", f"k={k}", pct) for k in ks]])
+    return markdown_table(
+        out,
+        [("split", "split"), ("features", "features"), ("metric", "metric"), *[(f"k{k}", f"k={k}", pct) for k in ks]],
+    )
 
 
 def tsne_embeddings(run_dir, features: dict, seed: int = 0) -> dict:
@@ -75,8 +95,18 @@ def tsne_embeddings(run_dir, features: dict, seed: int = 0) -> dict:
     return emb
 
 
-def make_figures(run_dir, data_dir, figures_dir, *, n_images: int = 10, tsne_classes: int = 20, seed: int = 0,
-                 dataset=None, ev=None, features=None) -> dict:
+def make_figures(
+    run_dir,
+    data_dir,
+    figures_dir,
+    *,
+    n_images: int = 10,
+    tsne_classes: int = 20,
+    seed: int = 0,
+    dataset=None,
+    ev=None,
+    features=None,
+) -> dict:
     """Figures 1-3 of the report for a finished run, written to figures_dir/Figure{1,2,3}.png with a
     manifest figures.json (which run, config and eval they show).
 
@@ -93,26 +123,52 @@ def make_figures(run_dir, data_dir, figures_dir, *, n_images: int = 10, tsne_cla
     figures_dir.mkdir(parents=True, exist_ok=True)
     paths = {f"Figure{i}": figures_dir / f"Figure{i}.png" for i in (1, 2, 3)}
     cfg = ev["config"]
-    plots.figure1_curves(run.metrics(), paths["Figure1"],
-                         title=f"{cfg['method']} {cfg['backbone']}, {cfg['epochs']} epochs")
+    plots.figure1_curves(
+        run.metrics(), paths["Figure1"], title=f"{cfg['method']} {cfg['backbone']}, {cfg['epochs']} epochs"
+    )
     tr = ev["trained"]
     ood_kw = {}
     if dataset.ood is not None and tr.get("ood"):
         _, test = ood_parts(len(dataset.ood))  # the OOD predictions are of the probe-test part
-        ood_kw = dict(ood_images=dataset.ood.images[test], ood_true=dataset.ood.labels[test],
-                      ood_pred=tr["ood"]["predictions"]["knn"], ood_class_names=dataset.ood.class_names)
-    plots.figure2_predictions(dataset.val.images, dataset.val.labels, tr["val"]["predictions"]["knn"],
-                              dataset.val.class_names, n=n_images, seed=seed, path=paths["Figure2"], **ood_kw)
+        ood_kw = dict(
+            ood_images=dataset.ood.images[test],
+            ood_true=dataset.ood.labels[test],
+            ood_pred=tr["ood"]["predictions"]["knn"],
+            ood_class_names=dataset.ood.class_names,
+        )
+    plots.figure2_predictions(
+        dataset.val.images,
+        dataset.val.labels,
+        tr["val"]["predictions"]["knn"],
+        dataset.val.class_names,
+        n=n_images,
+        seed=seed,
+        path=paths["Figure2"],
+        **ood_kw,
+    )
     emb = tsne_embeddings(run_dir, features, seed)
-    plots.figure3_tsne(features["val"], dataset.val.labels, features.get("ood"),
-                       dataset.ood.labels if dataset.ood is not None else None, n_highlight=tsne_classes, seed=seed,
-                       class_names=dataset.val.class_names,
-                       ood_class_names=dataset.ood.class_names if dataset.ood is not None else None,
-                       embeddings=emb, path=paths["Figure3"])
-    manifest = dict(run_dir=str(run_dir.resolve()), config_hash=info.get("config_hash"),
-                    data=str(Path(data_dir).resolve()), eval_seconds=ev.get("seconds"),
-                    n_images=n_images, tsne_classes=tsne_classes, seed=seed,
-                    figures={k: p.name for k, p in paths.items()})
+    plots.figure3_tsne(
+        features["val"],
+        dataset.val.labels,
+        features.get("ood"),
+        dataset.ood.labels if dataset.ood is not None else None,
+        n_highlight=tsne_classes,
+        seed=seed,
+        class_names=dataset.val.class_names,
+        ood_class_names=dataset.ood.class_names if dataset.ood is not None else None,
+        embeddings=emb,
+        path=paths["Figure3"],
+    )
+    manifest = dict(
+        run_dir=str(run_dir.resolve()),
+        config_hash=info.get("config_hash"),
+        data=str(Path(data_dir).resolve()),
+        eval_seconds=ev.get("seconds"),
+        n_images=n_images,
+        tsne_classes=tsne_classes,
+        seed=seed,
+        figures={k: p.name for k, p in paths.items()},
+    )
     write_json(figures_dir / FIGURES_MANIFEST, manifest)
     return dict(paths=paths, features=features, embeddings=emb, eval=ev)
 
@@ -121,9 +177,13 @@ def figures_current(run_dir, data_dir, figures_dir) -> bool:
     """True when figures_dir holds Figures 1-3 made (by make_figures) from this run and data."""
     m = read_json(Path(figures_dir) / FIGURES_MANIFEST)
     info = Run(run_dir).info()
-    return (bool(m) and m.get("run_dir") == str(Path(run_dir).resolve())
-            and m.get("data") == str(Path(data_dir).resolve()) and m.get("config_hash") == info.get("config_hash")
-            and all((Path(figures_dir) / f"Figure{i}.png").is_file() for i in (1, 2, 3)))
+    return (
+        bool(m)
+        and m.get("run_dir") == str(Path(run_dir).resolve())
+        and m.get("data") == str(Path(data_dir).resolve())
+        and m.get("config_hash") == info.get("config_hash")
+        and all((Path(figures_dir) / f"Figure{i}.png").is_file() for i in (1, 2, 3))
+    )
 
 
 def figure_caption(key: str, figures_dir) -> str:
@@ -132,21 +192,23 @@ def figure_caption(key: str, figures_dir) -> str:
     n, k = m.get("n_images", 10), m.get("tsne_classes", 20)
     return {
         "Figure1": "Figure 1. Training curves of the final run: SSL loss on training and validation images "
-                   "(left) and the course k-NN accuracy on val (right), per epoch.",
+        "(left) and the course k-NN accuracy on val (right), per epoch.",
         "Figure2": f"Figure 2. {n} random validation images (top) and {n} random out-of-distribution images "
-                   "(bottom) with their true and predicted labels (course k-NN; green right, red wrong).",
+        "(bottom) with their true and predicted labels (course k-NN; green right, red wrong).",
         "Figure3": "Figure 3. t-SNE of the backbone features of the validation (left) and out-of-distribution "
-                   f"(right) images; up to {k} classes coloured, the rest grey.",
+        f"(right) images; up to {k} classes coloured, the rest grey.",
     }[key]
 
 
 # --------------------------------------------------------------------------------------------
 # Results over seeds: tables with intervals, findings that follow the intervals (notebooks 01, 02, 05)
 
-INTERVAL_NOTE = ("Accuracies in %, mean ± 95% interval: over the seeds (t-interval) when a point has two or more, "
-                 "else the binomial (Wilson) interval of one run on that many images. *Floor*: the same network "
-                 "at its random initialisation; a point is above it when its gain, each seed against its own "
-                 "untrained network, stays above zero over its 95% interval.")
+INTERVAL_NOTE = (
+    "Accuracies in %, mean ± 95% interval: over the seeds (t-interval) when a point has two or more, "
+    "else the binomial (Wilson) interval of one run on that many images. *Floor*: the same network "
+    "at its random initialisation; a point is above it when its gain, each seed against its own "
+    "untrained network, stays above zero over its 95% interval."
+)
 
 
 def pm(row: dict, metric: str) -> str:
@@ -165,8 +227,10 @@ def summary_table(rows: list[dict], key: str, label: str, linear: bool = True, e
     cols = [(key, label), ("seeds", "seeds")]
     text = []
     for r in rows:
-        t = {key: fmt(r.get(key)), "seeds": str(r.get("n_seeds", "")) if r.get("status") == "finished"
-             else r.get("status", "")}
+        t = {
+            key: fmt(r.get(key)),
+            "seeds": str(r.get("n_seeds", "")) if r.get("status") == "finished" else r.get("status", ""),
+        }
         for m, _ in metrics:
             t[m], t[f"floor_{m}"] = pm(r, m), pm(r, f"random_init_{m}")
         for k, _, f in extra:
@@ -194,8 +258,9 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
     if ahead:
         out.append(f"It is ahead of {listing(ahead)}: the intervals separate.")
     if tied:
-        out.append(f"It is not distinguishable from {listing(tied)} at {plural(seeds, 'seed')} "
-                   "(the intervals overlap).")
+        out.append(
+            f"It is not distinguishable from {listing(tied)} at {plural(seeds, 'seed')} (the intervals overlap)."
+        )
     below = [str(r[key]) for r in ok if not above_floor(r, metric)]
     paired = [r for r in ok if not is_missing(r.get(f"{metric}_gain_ci95"))]
     if below:
@@ -203,8 +268,10 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
     elif len(paired) == len(ok):
         low = min(paired, key=lambda r: r[f"{metric}_gain"] - r[f"{metric}_gain_ci95"])
         gain, ci = 100 * low[f"{metric}_gain"], 100 * low[f"{metric}_gain_ci95"]
-        out.append(f"Every point is above its random-init floor ({what}; each seed against its own untrained "
-                   f"network, the smallest gain is {gain:+.1f} ± {ci:.1f} points, {low[key]}).")
+        out.append(
+            f"Every point is above its random-init floor ({what}; each seed against its own untrained "
+            f"network, the smallest gain is {gain:+.1f} ± {ci:.1f} points, {low[key]})."
+        )
     else:
         out.append(f"Every point is above its random-init floor beyond the intervals ({what}).")
     return " ".join(out)
@@ -214,14 +281,19 @@ def chosen(rows: list[dict], key: str, metric: str = "val_knn", select: str = "s
     """The point to keep, chosen without val or OOD: the best by the selection k-NN (training
     images held out of its reference set, selfsup.evaluate.select_parts), with its score on
     `metric`; '' when the rows have no selection numbers (runs evaluated before it existed)."""
-    ok = [r for r in rows if r.get("status") == "finished" and not is_missing(r.get(select))
-          and not is_missing(r.get(metric))]
+    ok = [
+        r
+        for r in rows
+        if r.get("status") == "finished" and not is_missing(r.get(select)) and not is_missing(r.get(metric))
+    ]
     if not ok:
         return ""
     pick, best = max(ok, key=lambda r: r[select]), max(ok, key=lambda r: r[metric])
-    return (f"Chosen without looking at val or OOD (k-NN on {SELECT_FRACTION:.0%} of the training images, held out "
-            f"of its reference set): **{pick[key]}** ({pm(pick, select)}% there, {pm(pick, metric)}% on val"
-            + ("; also the best on val)." if pick is best else f"; the best on val is {best[key]})."))
+    return (
+        f"Chosen without looking at val or OOD (k-NN on {SELECT_FRACTION:.0%} of the training images, held out "
+        f"of its reference set): **{pick[key]}** ({pm(pick, select)}% there, {pm(pick, metric)}% on val"
+        + ("; also the best on val)." if pick is best else f"; the best on val is {best[key]}).")
+    )
 
 
 def ablation_columns(axis: str) -> list:
@@ -229,8 +301,9 @@ def ablation_columns(axis: str) -> list:
     return [("train_loss", "loss", fmt), ("wall_clock_s", "time (s)", seconds)]
 
 
-def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, metric: str = "val_knn",
-                   root=".") -> dict:
+def show_ablations(
+    results, axes: list[str], figures_dir=None, level: int = 3, metric: str = "val_knn", root="."
+) -> dict:
     """The ablation axes in order: per axis that a sweep varied, a heading, then per sweep a table
     (mean ± interval over seeds), what it shows (findings) and a plot with interval bands (saved
     as figures_dir/ablation_<axis>_<sweep>.png); the axes nobody ran are listed in one paragraph
@@ -247,9 +320,14 @@ def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, m
         out[axis] = {}
         for name, grp in rows.groupby("sweep", sort=False):
             points = summarise(grp, keys=[axis])
-            show_markdown(f"Sweep `{name}`: {plural(len(points), 'point')}.\n\n"
-                          + summary_table(points, axis, axis, linear=False, extra=ablation_columns(axis))
-                          + "\n\n" + findings(points, axis, metric) + " " + chosen(points, axis, metric))
+            show_markdown(
+                f"Sweep `{name}`: {plural(len(points), 'point')}.\n\n"
+                + summary_table(points, axis, axis, linear=False, extra=ablation_columns(axis))
+                + "\n\n"
+                + findings(points, axis, metric)
+                + " "
+                + chosen(points, axis, metric)
+            )
             for r in points:
                 if r["status"] != "finished":
                     show_markdown(f"Point `{r['point']}` {r['status']}: {r.get('error') or 'see its run folder'}")
@@ -262,11 +340,16 @@ def show_ablations(results, axes: list[str], figures_dir=None, level: int = 3, m
                     show_plot(fig)
                 else:
                     show_figure(path, f"{title}: mean and 95% interval band.")
-            out[axis][name] = {"values": [r[axis] for r in points], "best": best[axis] if best else None,
-                               f"best_{metric}": best[metric] if best else None,
-                               "failed": sum(r["status"] != "finished" for r in points)}
+            out[axis][name] = {
+                "values": [r[axis] for r in points],
+                "best": best[axis] if best else None,
+                f"best_{metric}": best[metric] if best else None,
+                "failed": sum(r["status"] != "finished" for r in points),
+            }
     if not_run:
-        how = [f"{course[a]['title'].lower()} (`selfsup sweep {course[a]['file']}`)" if a in course else f"`{a}`"
-               for a in not_run]
+        how = [
+            f"{course[a]['title'].lower()} (`selfsup sweep {course[a]['file']}`)" if a in course else f"`{a}`"
+            for a in not_run
+        ]
         show_markdown(f"**Not run here:** {listing(how)}.")
     return out

@@ -29,15 +29,37 @@ RESULTS = "results.csv"
 # Columns of results.csv after the per-key parameter columns.
 # Accuracy columns are named as in eval.json's summary (val_knn = course k-NN on val, ...), so rows
 # plug straight into selfsup.plots; random_init_* is the floor: the same network untrained.
-ACCURACY_COLUMNS = ("val_knn", "ood_knn", "val_knn_weighted", "ood_knn_weighted", "val_linear", "ood_linear",
-                    "select_knn", "random_init_val_knn", "random_init_ood_knn", "random_init_val_linear",
-                    "random_init_ood_linear")
-RESULT_COLUMNS = ("status", "epochs", "train_loss", *ACCURACY_COLUMNS, "n_val", "n_ood", "n_select", "wall_clock_s",
-                  "config_hash", "run_dir", "error")
+ACCURACY_COLUMNS = (
+    "val_knn",
+    "ood_knn",
+    "val_knn_weighted",
+    "ood_knn_weighted",
+    "val_linear",
+    "ood_linear",
+    "select_knn",
+    "random_init_val_knn",
+    "random_init_ood_knn",
+    "random_init_val_linear",
+    "random_init_ood_linear",
+)
+RESULT_COLUMNS = (
+    "status",
+    "epochs",
+    "train_loss",
+    *ACCURACY_COLUMNS,
+    "n_val",
+    "n_ood",
+    "n_select",
+    "wall_clock_s",
+    "config_hash",
+    "run_dir",
+    "error",
+)
 SUMMARY = "summary.csv"
 # The metrics with a random-init floor (random_init_<metric>), whose paired gain summarise() reports.
 FLOORED = tuple(m for m in ACCURACY_COLUMNS if f"random_init_{m}" in ACCURACY_COLUMNS)
 Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
+
 
 def run_summary(run_dir: str | Path) -> dict:
     """Headline numbers of one run folder (selfsup.runs.Run.headline); missing -> NaN.
@@ -45,8 +67,10 @@ def run_summary(run_dir: str | Path) -> dict:
     Keys: status, epochs, train_loss, wall_clock_s, config_hash and ACCURACY_COLUMNS (fractions in
     [0, 1], named as in eval.json's summary)."""
     h = Run(run_dir).headline()
-    return {**{k: h.get(k, math.nan) for k in RESULT_COLUMNS if k not in ("run_dir", "error")},
-            "config_hash": h.get("config_hash", "")}
+    return {
+        **{k: h.get(k, math.nan) for k in RESULT_COLUMNS if k not in ("run_dir", "error")},
+        "config_hash": h.get("config_hash", ""),
+    }
 
 
 def t_interval(values) -> tuple[float, float, float]:
@@ -79,7 +103,7 @@ def binomial_interval(p: float, n) -> float:
         return math.nan
     if not (math.isfinite(p) and math.isfinite(n) and n > 0):
         return math.nan
-    z2 = Z95 ** 2
+    z2 = Z95**2
     return Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
 
 
@@ -103,12 +127,17 @@ def summarise(rows, keys=()) -> list[dict]:
     for point, runs in points.items():
         done = [r for r in runs if r.get("status") == "finished"]
         first = runs[0]
-        row = {"point": point, "axes": first.get("axes", ""), **{k: first.get(k) for k in keys},
-               "sweep": first.get("sweep", ""), "n_seeds": len(done),
-               "seeds": "|".join(str(r.get("seed", "")) for r in done),
-               "status": "finished" if len(done) == len(runs) else f"{len(done)}/{len(runs)} finished",
-               "epochs": max((r.get("epochs", 0) for r in done), default=0),
-               "error": next((r.get("error") for r in runs if r.get("error")), "")}
+        row = {
+            "point": point,
+            "axes": first.get("axes", ""),
+            **{k: first.get(k) for k in keys},
+            "sweep": first.get("sweep", ""),
+            "n_seeds": len(done),
+            "seeds": "|".join(str(r.get("seed", "")) for r in done),
+            "status": "finished" if len(done) == len(runs) else f"{len(done)}/{len(runs)} finished",
+            "epochs": max((r.get("epochs", 0) for r in done), default=0),
+            "error": next((r.get("error") for r in runs if r.get("error")), ""),
+        }
         for m in (*ACCURACY_COLUMNS, "train_loss", "wall_clock_s"):
             mean, std, ci = t_interval([r.get(m) for r in done])
             row.update({m: mean, f"{m}_std": std, f"{m}_ci95": ci})
@@ -142,8 +171,18 @@ def above_floor(row: dict, metric: str = "val_knn") -> bool:
     lower = _minus(row.get(f"{metric}_gain"), row.get(f"{metric}_gain_ci95"))
     if math.isfinite(lower):
         return lower > 0
-    return separated(row, {k.replace(f"random_init_{metric}", metric): v for k, v in row.items()
-                           if k.startswith(f"random_init_{metric}")}, metric) == 1
+    return (
+        separated(
+            row,
+            {
+                k.replace(f"random_init_{metric}", metric): v
+                for k, v in row.items()
+                if k.startswith(f"random_init_{metric}")
+            },
+            metric,
+        )
+        == 1
+    )
 
 
 def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
@@ -152,8 +191,7 @@ def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, ""))
-                        for k in columns})
+            w.writerow({k: ("" if isinstance(r.get(k), float) and math.isnan(r[k]) else r.get(k, "")) for k in columns})
     os.replace(tmp, path)
 
 
@@ -162,8 +200,11 @@ def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
     _write_csv(rows, ["point", "seed", "axes", *keys, *RESULT_COLUMNS], path)
     stats = [f"{m}{suffix}" for m in ACCURACY_COLUMNS for suffix in ("", "_std", "_ci95", "_binom95", "_interval")]
     stats += [f"{m}_gain{suffix}" for m in FLOORED for suffix in ("", "_ci95")]
-    _write_csv(summarise(rows, keys), ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats,
-                                       "train_loss", "wall_clock_s", "error"], path.parent / SUMMARY)
+    _write_csv(
+        summarise(rows, keys),
+        ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats, "train_loss", "wall_clock_s", "error"],
+        path.parent / SUMMARY,
+    )
     return path
 
 
@@ -212,8 +253,9 @@ def collect_results(runs_root: str | Path = "runs", sweeps=None, ignore=("compar
     import pandas as pd
 
     if sweeps is None:
-        paths = [p for p in find_results(runs_root)
-                 if not any(fnmatch.fnmatch(p.parent.name, pat) for pat in (ignore or ()))]
+        paths = [
+            p for p in find_results(runs_root) if not any(fnmatch.fnmatch(p.parent.name, pat) for pat in (ignore or ()))
+        ]
     else:
         names = [sweeps] if isinstance(sweeps, (str, Path)) else list(sweeps)
         paths = [results_path(s, runs_root) for s in names]

@@ -81,9 +81,17 @@ def environment(device: torch.device, processes: int = 1) -> dict:
     """What a result was measured with: versions, platform, device, threads (run.json, benchmarks)."""
     import torchvision
 
-    info = dict(selfsup=__version__, python=platform.python_version(), torch=torch.__version__,
-                torchvision=torchvision.__version__, numpy=np.__version__, platform=platform.platform(),
-                device=str(device), threads=torch.get_num_threads(), processes=processes)
+    info = dict(
+        selfsup=__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        numpy=np.__version__,
+        platform=platform.platform(),
+        device=str(device),
+        threads=torch.get_num_threads(),
+        processes=processes,
+    )
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -92,6 +100,55 @@ def environment(device: torch.device, processes: int = 1) -> dict:
 def _first_line(e: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal colour codes in a message
     return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- the checkpoint's schema: what a training state holds, written and read here alone -------
+
+
+def training_state(parts: dict, identity: dict, cfg: Config, epoch: int, elapsed: float, metrics: list) -> dict:
+    """Everything needed to continue exactly, as plain tensors and data (loadable with
+    weights_only=True): the state of each of `parts` (model with BYOL's EMA target, optimizer,
+    scheduler, gradient scaler or None, the data-order generator), torch's RNG, the progress, the
+    `identity` a resume must match (config hash, data and val fingerprints, device type) and the
+    metrics rows so far (an epoch's row and its checkpoint are committed together)."""
+    state = {
+        name: (None if obj is None else obj.get_state() if name == "generator" else obj.state_dict())
+        for name, obj in parts.items()
+    }
+    return dict(
+        state,
+        torch_rng=torch.get_rng_state(),
+        epoch=epoch,
+        elapsed=elapsed,
+        config=cfg.to_dict(),
+        metrics=list(metrics),
+        **identity,
+    )
+
+
+def restore(state: dict, **parts) -> tuple[int, float, list | None]:
+    """Load a training_state into `parts` (model=..., optimizer=..., generator=...) and torch's RNG;
+    returns (epoch, elapsed seconds, metrics rows; None for a checkpoint that predates them)."""
+    for name, obj in parts.items():
+        if obj is None or state.get(name) is None:
+            continue
+        obj.set_state(state[name]) if name == "generator" else obj.load_state_dict(state[name])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["elapsed"], state.get("metrics")
+
+
+_IDENTITY = {  # what a resume must match: key -> (what it is, how to fix a mismatch)
+    "config_hash": ("was written with different settings (config hash {old} != {new})", "resume with the same config"),
+    "data_fingerprint": (
+        "was trained on different data (train set fingerprint {old} != {new})",
+        "resume with the same --data",
+    ),
+    "val_fingerprint": (
+        "was monitored on another validation set (fingerprint {old} != {new})",
+        "resume with the same --data",
+    ),
+    "device_type": ("was written on {old}, this run is on {new}", "resume on {old} (set device={old})"),
+}
 
 
 class Run:
@@ -147,12 +204,15 @@ class Run:
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise RunError(f"{self.path}: this {what} is in use by {holder}; wait for it to finish "
-                           "or choose another folder") from None
+            raise RunError(
+                f"{self.path}: this {what} is in use by {holder}; wait for it to finish or choose another folder"
+            ) from None
         except OSError as e:
             os.close(fd)
-            raise RunError(f"{self.path}: cannot lock this {what} ({e.strerror}): the filesystem does not "
-                           "support file locks, so two writers could collide; use a local disk") from None
+            raise RunError(
+                f"{self.path}: cannot lock this {what} ({e.strerror}): the filesystem does not "
+                "support file locks, so two writers could collide; use a local disk"
+            ) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
@@ -212,8 +272,9 @@ class Run:
             os.replace(tmp, path)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise RunError(f"{path}: could not write the checkpoint ({_first_line(e)}); "
-                           "the previous checkpoint is kept") from None
+            raise RunError(
+                f"{path}: could not write the checkpoint ({_first_line(e)}); the previous checkpoint is kept"
+            ) from None
 
     def load_checkpoint(self) -> dict:
         """The checkpoint's state on the CPU, read with weights_only=True: tensors and plain data
@@ -224,13 +285,24 @@ class Run:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # weights_only refused an object: never unpickled, never run
-            raise RunError(f"{path}: not a readable selfsup checkpoint (it holds objects other than tensors and "
-                           "plain data, which selfsup never loads: a crafted or foreign file)") from None
+            raise RunError(
+                f"{path}: not a readable selfsup checkpoint (it holds objects other than tensors and "
+                "plain data, which selfsup never loads: a crafted or foreign file)"
+            ) from None
         except Exception as e:  # noqa: BLE001 - truncated file, not a zip archive, ...
             raise RunError(f"{path}: not a readable selfsup checkpoint ({_first_line(e)})") from None
         if not isinstance(state, dict) or not {"model", "epoch", "config_hash"} <= set(state):
             raise RunError(f"{path}: not a selfsup checkpoint (expected model, epoch and config_hash)")
         return state
+
+    def check_resumable(self, state: dict, identity: dict) -> None:
+        """RunError naming the checkpoint when its identity (training_state) differs from this
+        run's; a key an older checkpoint lacks counts as matching (device type: cpu)."""
+        for key, (what, fix) in _IDENTITY.items():
+            old = state.get(key, "cpu" if key == "device_type" else identity[key])
+            if old != identity[key]:
+                message = f"{what}; {fix}".format(old=old, new=identity[key])
+                raise RunError(f"{self.file(CHECKPOINT)}: {message}")
 
     def save_encoder(self, encoder: torch.nn.Module) -> None:
         from safetensors.torch import save_file
@@ -263,12 +335,13 @@ class Run:
         try:
             model.encoder.load_state_dict(tensors)
         except RuntimeError as e:
-            raise RunError(f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json "
-                           f"({_first_line(e)})") from None
+            raise RunError(
+                f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json ({_first_line(e)})"
+            ) from None
         model.projector_trained = False
         if self.has_checkpoint():
             state = self.load_checkpoint()["model"]  # an unreadable or unsafe file: a one-line RunError
-            proj = {k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")}
+            proj = {k[len("projector.") :]: v for k, v in state.items() if k.startswith("projector.")}
             try:
                 model.projector.load_state_dict(proj)
                 model.projector_trained = True
@@ -357,9 +430,15 @@ class Run:
         """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes
         of the sets it scored (n_val, n_ood, n_select: what a single run's binomial interval needs)."""
         info, metrics, ev = self.info(), self.metrics(), self.eval()
-        sizes = {f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan"))
-                 for s in ("val", "ood", "select")}
-        return dict(status=info.get("status", "missing"), epochs=len(metrics),
-                    train_loss=metrics[-1]["train_loss"] if metrics else float("nan"),
-                    wall_clock_s=info.get("wall_clock_s", float("nan")), config_hash=info.get("config_hash", ""),
-                    **sizes, **ev.get("summary", {}))
+        sizes = {
+            f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan")) for s in ("val", "ood", "select")
+        }
+        return dict(
+            status=info.get("status", "missing"),
+            epochs=len(metrics),
+            train_loss=metrics[-1]["train_loss"] if metrics else float("nan"),
+            wall_clock_s=info.get("wall_clock_s", float("nan")),
+            config_hash=info.get("config_hash", ""),
+            **sizes,
+            **ev.get("summary", {}),
+        )

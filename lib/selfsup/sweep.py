@@ -55,8 +55,20 @@ from .runs import Run, RunError, write_json
 from .workbook import execute_notebook
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
-SWEEP_KEYS = ("name", "title", "seeds", "notebook", "preset", "data", "evaluate", "overrides", "grid", "axes", "points",
-              "parameters")
+SWEEP_KEYS = (
+    "name",
+    "title",
+    "seeds",
+    "notebook",
+    "preset",
+    "data",
+    "evaluate",
+    "overrides",
+    "grid",
+    "axes",
+    "points",
+    "parameters",
+)
 # The course report's ablation sweeps, in the report's order: configs/sweeps/course_<stem>.yaml.
 # Their axes, values and titles are read from the files (course_axes), the one source.
 COURSE_SWEEPS = ("temperature", "optimizer", "lr", "batch", "backbone", "epochs")
@@ -135,8 +147,7 @@ def _check_keys(keys, where: str, source: str) -> None:
     known = {f.name for f in dataclasses.fields(config.Config)}
     for key in keys:
         if key not in known:
-            raise ConfigError(f"{source}: unknown config key {key!r} in {where!r} "
-                              f"(known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{source}: unknown config key {key!r} in {where!r} (known: {', '.join(sorted(known))})")
 
 
 def _values(spec: dict, key: str, source: str) -> dict[str, list]:
@@ -187,8 +198,18 @@ def _with_seeds(points: list[Point], seeds: list[int] | None) -> list[Point]:
     for p in points:
         for s in seeds:
             cfg = p.cfg.replace(seed=s) if p.cfg is not None else None
-            out.append(Point(overrides={**p.overrides, "seed": s}, axes=p.axes, slug=f"{p.slug}/seed-{s}", cfg=cfg,
-                             error=p.error, run_dir=p.run_dir / f"seed-{s}", point=p.slug, seed=s))
+            out.append(
+                Point(
+                    overrides={**p.overrides, "seed": s},
+                    axes=p.axes,
+                    slug=f"{p.slug}/seed-{s}",
+                    cfg=cfg,
+                    error=p.error,
+                    run_dir=p.run_dir / f"seed-{s}",
+                    point=p.slug,
+                    seed=s,
+                )
+            )
     return out
 
 
@@ -231,8 +252,9 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     parameters = _mapping(spec, "parameters", source)
     reserved = {"root", "config", "data", "run_dir", "overrides", "evaluate", "resume"}
     if reserved & set(parameters):
-        raise ConfigError(f"{source}: key 'parameters' may not set {sorted(reserved & set(parameters))} "
-                          "(the sweep sets them)")
+        raise ConfigError(
+            f"{source}: key 'parameters' may not set {sorted(reserved & set(parameters))} (the sweep sets them)"
+        )
     try:  # a bad fixed override fails the whole sweep: every point needs it
         config.load(preset, fixed)
     except ConfigError as e:
@@ -257,8 +279,18 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
     seeds = config.parse_seeds(spec["seeds"], source) if "seeds" in spec else config.preset_seeds(preset)
     out = _with_seeds(out, seeds)
-    return Sweep(name=name, notebook=notebook, preset=preset, data=Path(data), evaluate=evaluate,
-                 overrides=fixed, parameters=parameters, points=out, keys=keys, source=source)
+    return Sweep(
+        name=name,
+        notebook=notebook,
+        preset=preset,
+        data=Path(data),
+        evaluate=evaluate,
+        overrides=fixed,
+        parameters=parameters,
+        points=out,
+        keys=keys,
+        source=source,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,8 +308,10 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
     info = run.info()
     if data_id and info.get("data_fingerprint") not in (None, data_id):
         if info.get("status") == "finished":
-            raise RunError(f"{run_dir}: holds a finished run trained on other data (fingerprint "
-                           f"{info['data_fingerprint']}, now {data_id}); move or delete that folder")
+            raise RunError(
+                f"{run_dir}: holds a finished run trained on other data (fingerprint "
+                f"{info['data_fingerprint']}, now {data_id}); move or delete that folder"
+            )
         shutil.rmtree(run_dir)
         return "fresh"
     if info.get("config_hash") == cfg_hash:
@@ -288,8 +322,10 @@ def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: st
         if run.has_checkpoint():
             return "resume"
     elif info.get("status") == "finished":
-        raise RunError(f"{run_dir}: holds a finished run of another config (hash {info.get('config_hash')}, "
-                       f"this point {cfg_hash}); move or delete that folder, or give the sweep another name")
+        raise RunError(
+            f"{run_dir}: holds a finished run of another config (hash {info.get('config_hash')}, "
+            f"this point {cfg_hash}); move or delete that folder, or give the sweep another name"
+        )
     # An unfinished run of another config, or a failed start: nothing worth keeping.
     shutil.rmtree(run_dir)
     return "fresh"
@@ -307,14 +343,17 @@ def _execute_point(task: dict) -> dict:
     run.clear_error()
     t0 = time.perf_counter()
     try:
-        execute_notebook(task["notebook"], run.file(Path(task["notebook"]).name), task["parameters"],
-                         cwd=task["cwd"])
+        execute_notebook(task["notebook"], run.file(Path(task["notebook"]).name), task["parameters"], cwd=task["cwd"])
         return dict(slug=task["slug"], ok=True, seconds=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a failing point is recorded; the sweep goes on
         message = _error_text(e)
         run.write_error(message)
-        return dict(slug=task["slug"], ok=False, error=message.splitlines()[0] if message else type(e).__name__,
-                    seconds=time.perf_counter() - t0)
+        return dict(
+            slug=task["slug"],
+            ok=False,
+            error=message.splitlines()[0] if message else type(e).__name__,
+            seconds=time.perf_counter() - t0,
+        )
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -381,12 +420,25 @@ def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
         # progress off by default: nobody watches a sweep point's kernel (a sweep file may turn it on
         # to keep the bar in each executed notebook)
         params = {"progress": False, **sweep.parameters}
-        params.update(root=str(Path.cwd().resolve()), config=str(sweep.preset.resolve()),
-                      data=str(sweep.data.resolve()), run_dir=str(p.run_dir.resolve()),
-                      overrides={**sweep.overrides, **p.overrides}, evaluate=sweep.evaluate,
-                      resume=state == "resume")
-        tasks.append(dict(slug=p.slug, run_dir=str(p.run_dir), notebook=str(sweep.notebook.resolve()),
-                          parameters=params, cwd=str(Path.cwd().resolve()), state=state))
+        params.update(
+            root=str(Path.cwd().resolve()),
+            config=str(sweep.preset.resolve()),
+            data=str(sweep.data.resolve()),
+            run_dir=str(p.run_dir.resolve()),
+            overrides={**sweep.overrides, **p.overrides},
+            evaluate=sweep.evaluate,
+            resume=state == "resume",
+        )
+        tasks.append(
+            dict(
+                slug=p.slug,
+                run_dir=str(p.run_dir),
+                notebook=str(sweep.notebook.resolve()),
+                parameters=params,
+                cwd=str(Path.cwd().resolve()),
+                state=state,
+            )
+        )
 
     gpus = visible_gpus() if tasks else []
     if jobs is None:
@@ -409,8 +461,7 @@ def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
             for i in range(jobs):
                 gpu_queue.put(gpus[i % len(gpus)])
         threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(gpu_queue, threads)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue, threads)) as pool:
             futures = [pool.submit(_execute_point, t) for t in tasks]
             for fut in as_completed(futures):
                 out = fut.result()
@@ -440,10 +491,27 @@ def _report_outcome(progress: bool, name: str, out: dict) -> None:
 
 def _write_definition(sweep: Sweep, root: Path) -> None:
     """runs/<name>/sweep.json: the resolved sweep, so the results folder describes itself."""
-    d = dict(name=sweep.name, source=sweep.source, notebook=str(sweep.notebook), preset=str(sweep.preset),
-             data=str(sweep.data), evaluate=sweep.evaluate, overrides=sweep.overrides, keys=sweep.keys,
-             points=[dict(slug=p.slug, point=p.point, seed=p.seed, overrides=p.overrides, axes=p.axes,
-                          config_hash=p.cfg.hash() if p.cfg else None) for p in sweep.points])
+    d = dict(
+        name=sweep.name,
+        source=sweep.source,
+        notebook=str(sweep.notebook),
+        preset=str(sweep.preset),
+        data=str(sweep.data),
+        evaluate=sweep.evaluate,
+        overrides=sweep.overrides,
+        keys=sweep.keys,
+        points=[
+            dict(
+                slug=p.slug,
+                point=p.point,
+                seed=p.seed,
+                overrides=p.overrides,
+                axes=p.axes,
+                config_hash=p.cfg.hash() if p.cfg else None,
+            )
+            for p in sweep.points
+        ],
+    )
     write_json(root / DEFINITION, d)
 
 
@@ -452,8 +520,11 @@ def _write_definition(sweep: Sweep, root: Path) -> None:
 
 
 def result_row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
-    row = {"point": p.point or p.slug, "seed": p.seed if p.seed is not None else (p.cfg.seed if p.cfg else ""),
-           "axes": "|".join(p.axes)}
+    row = {
+        "point": p.point or p.slug,
+        "seed": p.seed if p.seed is not None else (p.cfg.seed if p.cfg else ""),
+        "axes": "|".join(p.axes),
+    }
     resolved = p.cfg.to_dict() if p.cfg else {**sweep.overrides, **p.overrides}
     for k in sweep.keys:
         row[k] = resolved.get(k, "")

@@ -30,7 +30,8 @@ from .data import Dataset, fingerprint
 from .features import extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
-from .runs import CHECKPOINT, Run, RunError, environment, now
+from .optim import make_optimizer, warmup_cosine
+from .runs import CHECKPOINT, Run, RunError, environment, now, restore, training_state
 
 # In fp16 the GradScaler skips the optimizer step when gradients overflow (its first steps, while it
 # finds the scale); the lr schedule still advances once per step, as in PyTorch's AMP recipe, so
@@ -74,68 +75,6 @@ def images_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizers and schedule
-
-
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017), as SimCLR uses it.
-
-    Groups with `lars=False` (biases and norm parameters) get plain SGD and no weight decay,
-    following the SimCLR and Barlow Twins implementations.
-    """
-
-    def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=1e-3):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars=True))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad.add(p, alpha=g["weight_decay"])
-                if g["lars"]:
-                    w_norm, d_norm = torch.norm(p), torch.norm(d)
-                    trust = torch.where((w_norm > 0) & (d_norm > 0), g["eta"] * w_norm / d_norm, 1.0)
-                    d = d.mul(trust)
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
-                buf.mul_(g["momentum"]).add_(d)
-                p.add_(buf, alpha=-g["lr"])
-
-
-def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on weight matrices and conv kernels only; biases and norm parameters are exempt
-    (nanoGPT, SimCLR, Barlow Twins all do this). Target networks (requires_grad=False) are skipped."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    on_cuda = bool(params) and params[0].is_cuda
-    fused = dict(fused=True) if cfg.fused == "on" or (cfg.fused == "auto" and on_cuda) else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, **fused)
-    if cfg.optimizer == "lars":
-        groups[1]["lars"] = False
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adam":
-        # torch's Adam adds weight decay to the gradient (L2); AdamW decouples it (Loshchilov & Hutter).
-        return torch.optim.Adam(groups, lr=cfg.lr, **fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
-    """lr multiplier: linear warmup from ~0 to 1, then cosine down to min_ratio."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return factor
-
-
-# ---------------------------------------------------------------------------------------------
 # Monitoring: SSL loss on augmented val and the course k-NN on val
 
 
@@ -173,8 +112,14 @@ def as_channels_last(*views: torch.Tensor) -> tuple:
     return tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
 
 
-def optimisation_step(loss_fn, opt, v1: torch.Tensor, v2: torch.Tensor, amp: torch.dtype | None,
-                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+def optimisation_step(
+    loss_fn,
+    opt,
+    v1: torch.Tensor,
+    v2: torch.Tensor,
+    amp: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """loss_fn(v1, v2) under autocast (amp: its dtype, None: off), backward, one optimizer step
     (through `scaler` for fp16). Returns the loss, not synchronised."""
     with torch.autocast(v1.device.type, dtype=amp, enabled=amp is not None):
@@ -238,16 +183,29 @@ def build(cfg: Config, n_train: int, device: torch.device) -> Setup:
     total_steps = steps_per_epoch * cfg.epochs
     opt = make_optimizer(cfg, model)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio))
+        opt, warmup_cosine(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    )
     eager = model.loss
     if world > 1:
-        eager = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        eager = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     amp = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    return Setup(model=model, loss_fn=torch.compile(eager) if cfg.compile else eager, eager_fn=eager, opt=opt,
-                 sched=sched, aug=TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0)),
-                 device=device, amp=amp, scaler=scaler, channels_last=channels_last,
-                 steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    return Setup(
+        model=model,
+        loss_fn=torch.compile(eager) if cfg.compile else eager,
+        eager_fn=eager,
+        opt=opt,
+        sched=sched,
+        aug=TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0)),
+        device=device,
+        amp=amp,
+        scaler=scaler,
+        channels_last=channels_last,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
 
 
 def _is_compile_error(e: BaseException) -> bool:
@@ -296,8 +254,14 @@ def non_finite(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str | None
 # The loop
 
 
-def train(cfg: Config, data: Dataset, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
+def train(
+    cfg: Config,
+    data: Dataset,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train cfg.method on data.train, writing the run folder; returns run.json's content.
 
     stop_after: end this call after that many epochs (checkpointed; the schedule still spans
@@ -321,8 +285,10 @@ def _check_inputs(cfg: Config, data: Dataset) -> None:
         raise ConfigError(f"config key 'batch_size': {cfg.batch_size} does not split evenly over {world} processes")
     knn_n = min(n, cfg.knn_train_limit or n)
     if cfg.knn_k > knn_n:
-        raise ConfigError(f"config key 'knn_k': {cfg.knn_k} neighbours, but the k-NN monitor has only "
-                          f"{knn_n} training images; expected a value in [1, {knn_n}]")
+        raise ConfigError(
+            f"config key 'knn_k': {cfg.knn_k} neighbours, but the k-NN monitor has only "
+            f"{knn_n} training images; expected a value in [1, {knn_n}]"
+        )
     if len(data.val) < 2:
         raise ConfigError(f"{data.val.source}: {len(data.val)} validation image(s); the monitor needs at least 2")
 
@@ -365,32 +331,42 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
 
     data_id, val_id = fingerprint(data.train), fingerprint(data.val)
     start_epoch, elapsed = 0, 0.0
+    parts = dict(model=s.model, optimizer=s.opt, scheduler=s.sched, scaler=s.scaler, generator=gen)
+    identity = dict(config_hash=cfg.hash(), data_fingerprint=data_id, val_fingerprint=val_id, device_type=device.type)
+    history = []
     if state is not None:
-        _check_resumable(state, run, cfg, data_id, val_id, device)
-        s.model.load_state_dict(state["model"])
-        s.opt.load_state_dict(state["optimizer"])
-        s.sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if s.scaler is not None and state.get("scaler"):
-            s.scaler.load_state_dict(state["scaler"])
-        start_epoch, elapsed = state["epoch"], state["elapsed"]
+        run.check_resumable(state, identity)
+        start_epoch, elapsed, history = restore(state, **parts)
     # The epochs the checkpoint holds are the run's history: metrics written after it belong to
     # epochs that will be redone (or a kill came between the two writes).
-    history = state.get("metrics") if state is not None else []
     if history is None:  # a checkpoint from before metrics were kept in it
         history = [m for m in run.metrics() if m.get("epoch", 0) <= start_epoch]
-    run_info = dict(status="running", config_hash=cfg.hash(), data_fingerprint=data_id, val_fingerprint=val_id,
-                    data=data.train.source, started=now(), environment=environment(device, world),
-                    precision=str(s.amp).replace("torch.", "") if s.amp else "fp32", train_images=n,
-                    steps_per_epoch=s.steps_per_epoch)
+    run_info = dict(
+        status="running",
+        config_hash=cfg.hash(),
+        data_fingerprint=data_id,
+        val_fingerprint=val_id,
+        data=data.train.source,
+        started=now(),
+        environment=environment(device, world),
+        precision=str(s.amp).replace("torch.", "") if s.amp else "fp32",
+        train_images=n,
+        steps_per_epoch=s.steps_per_epoch,
+    )
     if lead:
         run.write_metrics(history)
         run.write_config(cfg)
         run.write_info(run_info)
 
-    bar = tqdm(total=s.total_steps, initial=start_epoch * s.steps_per_epoch, disable=not (progress and lead),
-               desc=f"{cfg.method} {cfg.backbone}", unit="step", mininterval=1.0, file=sys.stderr)
+    bar = tqdm(
+        total=s.total_steps,
+        initial=start_epoch * s.steps_per_epoch,
+        disable=not (progress and lead),
+        desc=f"{cfg.method} {cfg.backbone}",
+        unit="step",
+        mininterval=1.0,
+        file=sys.stderr,
+    )
     s.model.train()
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     try:
@@ -412,29 +388,42 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
                     bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{loss.item():.3f}", refresh=False)
             train_loss = dist.mean(loss_sum).item() / s.steps_per_epoch
             if not math.isfinite(train_loss):
-                raise RunError(f"{run.path}: training diverged in epoch {epoch + 1} (loss {train_loss}); the last "
-                               "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run")
+                raise RunError(
+                    f"{run.path}: training diverged in epoch {epoch + 1} (loss {train_loss}); the last "
+                    "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run"
+                )
             epoch_time = time.perf_counter() - t0
             elapsed += epoch_time
             if not lead:
                 continue
-            record = dict(epoch=epoch + 1, train_loss=train_loss, lr=s.sched.get_last_lr()[0],
-                          images_per_sec=s.steps_per_epoch * cfg.batch_size / epoch_time, epoch_time=epoch_time)
+            record = dict(
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                lr=s.sched.get_last_lr()[0],
+                images_per_sec=s.steps_per_epoch * cfg.batch_size / epoch_time,
+                epoch_time=epoch_time,
+            )
             last = epoch + 1 == cfg.epochs
             if last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 record.update(_monitor(s, cfg, val_x, val_y, knn_x, knn_y, run, epoch))
-                bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{train_loss:.3f}",
-                                knn=f"{record['knn_acc']:.3f}", refresh=False)
+                bar.set_postfix(
+                    epoch=f"{epoch + 1}/{cfg.epochs}",
+                    loss=f"{train_loss:.3f}",
+                    knn=f"{record['knn_acc']:.3f}",
+                    refresh=False,
+                )
             record["elapsed"] = elapsed
             checkpoint = last or epoch + 1 == end_epoch or (epoch + 1) % cfg.checkpoint_every == 0
             bad = checkpoint and non_finite(s.model, s.opt)
             if bad:
-                raise RunError(f"{run.path}: {bad} became NaN or infinite in epoch {epoch + 1}; the last good "
-                               "checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run")
+                raise RunError(
+                    f"{run.path}: {bad} became NaN or infinite in epoch {epoch + 1}; the last good "
+                    "checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run"
+                )
             history.append(record)
             run.append_metrics(record)
             if checkpoint:  # a kill between these two writes: the resume rebuilds metrics from the checkpoint
-                run.save_checkpoint(checkpoint_state(s, gen, cfg, epoch + 1, elapsed, data_id, val_id, history))
+                run.save_checkpoint(training_state(parts, identity, cfg, epoch + 1, elapsed, history))
         bar.close()
         finished = end_epoch == cfg.epochs
         if finished and lead:
@@ -446,8 +435,13 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
         raise
     dist.barrier()  # the other processes read what process 0 wrote
     if finished:
-        run_info.update(status="finished", finished=now(), wall_clock_s=elapsed, epochs=len(history),
-                        final=history[-1] if history else {})
+        run_info.update(
+            status="finished",
+            finished=now(),
+            wall_clock_s=elapsed,
+            epochs=len(history),
+            final=history[-1] if history else {},
+        )
     else:
         run_info.update(status="stopped", epochs=end_epoch)
     if lead:
@@ -464,8 +458,10 @@ def _monitor(s: Setup, cfg, val_x, val_y, knn_x, knn_y, run, epoch) -> dict:
     except ValueError as e:
         if "NaN or infinity" not in str(e):
             raise
-        raise RunError(f"{run.path}: the encoder's features became NaN or infinite in epoch {epoch + 1}; the last "
-                       "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run") from None
+        raise RunError(
+            f"{run.path}: the encoder's features became NaN or infinite in epoch {epoch + 1}; the last "
+            "good checkpoint is kept; lower 'lr' (or raise 'warmup_epochs') and start a new run"
+        ) from None
     return dict(val_loss=loss, knn_acc=acc)
 
 
@@ -477,33 +473,6 @@ def _mark_failed(run: Run, run_info: dict, e: BaseException) -> None:
         pass
 
 
-def _check_resumable(state: dict, run: Run, cfg: Config, data_id: str, val_id: str, device: torch.device) -> None:
-    path = run.file(CHECKPOINT)
-    if state["config_hash"] != cfg.hash():
-        raise RunError(f"{path}: was written with different settings (config hash "
-                       f"{state['config_hash']} != {cfg.hash()}); resume with the same config")
-    if state.get("data_fingerprint", data_id) != data_id:
-        raise RunError(f"{path}: was trained on different data (train set fingerprint "
-                       f"{state['data_fingerprint']} != {data_id}); resume with the same --data")
-    if state.get("val_fingerprint", val_id) != val_id:
-        raise RunError(f"{path}: was monitored on another validation set (fingerprint {state['val_fingerprint']} "
-                       f"!= {val_id}); resume with the same --data")
-    if state.get("device_type", "cpu") != device.type:
-        raise RunError(f"{path}: was written on {state.get('device_type', 'cpu')}, this run is on {device.type}; "
-                       f"resume on {state.get('device_type', 'cpu')} (set device={state.get('device_type', 'cpu')})")
-
-
 def _process_seed(seed: int, epoch: int, rank: int) -> int:
     """The augmentation seed of one process in one epoch: independent streams per (seed, epoch, rank)."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def checkpoint_state(s: Setup, gen, cfg, epoch, elapsed, data_id, val_id, metrics) -> dict:
-    """Everything needed to continue exactly: weights (with BYOL's EMA target), optimizer,
-    scheduler, RNG states, progress, and the metrics rows so far (so an epoch's row and its
-    checkpoint are committed together). Plain tensors and data: loadable with weights_only=True."""
-    return dict(model=s.model.state_dict(), optimizer=s.opt.state_dict(), scheduler=s.sched.state_dict(),
-                scaler=s.scaler.state_dict() if s.scaler is not None else None, generator=gen.get_state(),
-                torch_rng=torch.get_rng_state(), epoch=epoch, elapsed=elapsed, config=cfg.to_dict(),
-                config_hash=cfg.hash(), data_fingerprint=data_id, val_fingerprint=val_id,
-                device_type=s.device.type, metrics=list(metrics))

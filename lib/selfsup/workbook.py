@@ -60,8 +60,9 @@ def find_root(root=None) -> Path:
     for d in (here, *here.parents):
         if (d / "configs").is_dir() and (d / "notebooks").is_dir():
             return d
-    raise FileNotFoundError(f"{here}: no repository root (a folder with configs/ and notebooks/) here or "
-                            "above; pass the `root` parameter")
+    raise FileNotFoundError(
+        f"{here}: no repository root (a folder with configs/ and notebooks/) here or above; pass the `root` parameter"
+    )
 
 
 def resolve(root: Path, path) -> Path | None:
@@ -80,9 +81,15 @@ def execute_notebook(notebook, output, parameters: dict, cwd=None, progress: boo
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     # log_level=ERROR: ipykernel 7 warns at every start that the local kernel talks plain TCP,
     # which is how every Jupyter kernel has run; one such line per sweep point buries the progress.
-    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name="python3",
-                               progress_bar=progress, cwd=None if cwd is None else str(cwd),
-                               extra_arguments=["--IPKernelApp.log_level=ERROR"])
+    papermill.execute_notebook(
+        str(notebook),
+        str(output),
+        parameters=parameters,
+        kernel_name="python3",
+        progress_bar=progress,
+        cwd=None if cwd is None else str(cwd),
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
+    )
 
 
 def export(notebook, out_dir, parameters: dict | None = None, progress: bool = True) -> list[Path]:
@@ -100,8 +107,7 @@ def export(notebook, out_dir, parameters: dict | None = None, progress: bool = T
     executed = out_dir / "report.ipynb"
     # cwd = the notebook's folder: the notebook finds the repository root from there.
     try:
-        execute_notebook(notebook, executed, dict(parameters or {}), cwd=notebook.resolve().parent,
-                         progress=progress)
+        execute_notebook(notebook, executed, dict(parameters or {}), cwd=notebook.resolve().parent, progress=progress)
     except Exception as e:
         if not getattr(e, "ename", None):  # not a cell's error (papermill's PapermillExecutionError)
             raise
@@ -111,8 +117,10 @@ def export(notebook, out_dir, parameters: dict | None = None, progress: bool = T
     paths = [write_html(nb, out_dir / "report.html"), write_markdown(nb, out_dir / "report.md")]
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
     if missing:
-        raise ToolMissing(f"{' and '.join(missing)} not found: the PDF report needs TeX; run `make tex` "
-                          f"(wrote {paths[0]} and {paths[1]})")
+        raise ToolMissing(
+            f"{' and '.join(missing)} not found: the PDF report needs TeX; run `make tex` "
+            f"(wrote {paths[0]} and {paths[1]})"
+        )
     paths.append(write_pdf(nb, out_dir / "report.pdf"))
     return paths
 
@@ -165,15 +173,29 @@ def write_html(nb, path: Path) -> Path:
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", embed_images=True, **_exporter_options(),
-                            extra_loaders=[DictLoader({"selfsup_offline.html.j2": _OFFLINE_HTML})],
-                            template_file="selfsup_offline.html.j2")
+    exporter = HTMLExporter(
+        template_name="lab",
+        embed_images=True,
+        **_exporter_options(),
+        extra_loaders=[DictLoader({"selfsup_offline.html.j2": _OFFLINE_HTML})],
+        template_file="selfsup_offline.html.j2",
+    )
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
     # nbconvert gives every image the same placeholder alt text; ours carry their captions (in order)
-    alts = iter([o.get("metadata", {}).get("alt") or "figure" for c in nb.cells if c.cell_type == "code"
-                 for o in c.get("outputs", []) if "image/png" in o.get("data", {})])
-    body = re.sub(r'alt="No description has been provided for this image"',
-                  lambda _: f'alt="{html.escape(next(alts, "figure"), quote=True)}"', body)
+    alts = iter(
+        [
+            o.get("metadata", {}).get("alt") or "figure"
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})
+        ]
+    )
+    body = re.sub(
+        r'alt="No description has been provided for this image"',
+        lambda _: f'alt="{html.escape(next(alts, "figure"), quote=True)}"',
+        body,
+    )
     path.write_text(body, encoding="utf-8")
     return path
 
@@ -185,7 +207,8 @@ def write_markdown(nb, path: Path) -> Path:
 
     exporter = MarkdownExporter(**_exporter_options())
     body, resources = exporter.from_notebook_node(
-        nb, resources={"output_files_dir": "figures", "unique_key": path.stem, "metadata": {"name": path.stem}})
+        nb, resources={"output_files_dir": "figures", "unique_key": path.stem, "metadata": {"name": path.stem}}
+    )
     for name, data in (resources.get("outputs") or {}).items():
         target = path.parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -199,12 +222,14 @@ def write_markdown(nb, path: Path) -> Path:
 
 def write_pdf(nb, path: Path) -> Path:
     """The PDF through nbconvert's LaTeX template and XeLaTeX (no network needed)."""
+    from jinja2 import DictLoader
     from nbconvert import PDFExporter  # nbconvert: imported by the export only
 
-    from jinja2 import DictLoader
-
-    exporter = PDFExporter(**_exporter_options(), extra_loaders=[DictLoader({"selfsup_report.tex.j2": _REPORT_TEX})],
-                           template_file="selfsup_report.tex.j2")
+    exporter = PDFExporter(
+        **_exporter_options(),
+        extra_loaders=[DictLoader({"selfsup_report.tex.j2": _REPORT_TEX})],
+        template_file="selfsup_report.tex.j2",
+    )
     body, _ = exporter.from_notebook_node(for_latex(nb), resources={"metadata": {"name": path.stem}})
     path.write_bytes(body)
     return path
