@@ -23,6 +23,28 @@ def check_png(path, min_kb=5):
     return img.shape
 
 
+def printed_at_full_size(fig):
+    """The report's PDF shows a figure no wider than PAGE_WIDTH at its own size (wider ones shrink,
+    fonts included): so it must fit, and its smallest text must be plots.SMALL points or more."""
+    assert fig.get_size_inches()[0] <= plots.PAGE_WIDTH + 1e-9
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")) if t.get_text()]
+    assert texts and min(t.get_fontsize() for t in texts) >= plots.SMALL
+
+
+def test_report_page_fits_figures():
+    """PAGE_WIDTH: the width nbconvert's LaTeX template (article, letter paper, 1 in margins) shows
+    an image at its own size, at most 0.9 of the text width."""
+    assert plots.PAGE_WIDTH <= 0.9 * (8.5 - 2)
+
+
+def test_figures_leave_the_callers_matplotlib_settings_alone():
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    plots.figure1_curves([dict(epoch=1, train_loss=1.0)])
+    assert dict(matplotlib.rcParams) == before
+
+
 def test_figure1_curves(tmp_path):
     metrics = [
         dict(
@@ -36,8 +58,9 @@ def test_figure1_curves(tmp_path):
     ]
     fig = plots.figure1_curves(metrics, tmp_path / "figs" / "Figure1.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
+    printed_at_full_size(fig)
     h, w, _ = check_png(tmp_path / "figs" / "Figure1.png")
-    assert (w, h) == (1500, 570)  # 10 x 3.8 inches at 150 dpi
+    assert (w, h) == (870, 390)  # PAGE_WIDTH x 2.6 inches at 150 dpi
     with pytest.raises(ValueError, match="no metrics"):
         plots.figure1_curves([])
 
@@ -62,6 +85,7 @@ def test_figure2_predictions_colours_right_and_wrong(tmp_path):
         path=tmp_path / "Figure2.png",
     )
     check_png(tmp_path / "Figure2.png")
+    printed_at_full_size(fig)
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert len(titled) == 20
     colours = {ax.get_title(): ax.title.get_color() for ax in titled[:10]}
@@ -93,6 +117,7 @@ def test_figure3_tsne_highlights_twenty_classes(tmp_path, one_thread):
         val_f, val_y, ood_f, ood_y, class_names=NAMES, tsne_kwargs=dict(max_iter=250), path=tmp_path / "Figure3.png"
     )
     check_png(tmp_path / "Figure3.png")
+    printed_at_full_size(fig)
     ax_val, ax_ood = fig.axes
     legend_val = [t.get_text() for t in ax_val.get_legend().get_texts()]
     assert len(legend_val) == 21 and legend_val[0] == "5 other classes"

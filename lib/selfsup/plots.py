@@ -2,7 +2,9 @@
 
 Figures are built with ``matplotlib.figure.Figure`` directly, not pyplot: no GUI backend is
 touched (safe headless / under papermill), nothing accumulates in pyplot's global figure list,
-and a notebook shows the returned figure exactly once.
+and a notebook shows the returned figure exactly once. Every figure has one look, seaborn's
+"whitegrid" style at its "paper" sizes, applied only while it is drawn (no global state).
+The report's figures are PAGE_WIDTH wide, so that the PDF prints them at 100%, fonts included.
 
     figure1_curves(metrics)                      Figure 1: losses and k-NN accuracy per epoch
     figure2_predictions(images, true, pred, ...) Figure 2: val and OOD images, true vs predicted
@@ -14,14 +16,38 @@ and a notebook shows the returned figure exactly once.
 
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
 
 import numpy as np
+import seaborn as sns
 from matplotlib.figure import Figure
 
 DPI = 150
+# Inches: the PDF report (nbconvert's LaTeX template: article, letter paper, 1 in margins) shows an
+# image at its own size up to 0.9 of the 6.5 in text width, and shrinks a wider one with its fonts.
+PAGE_WIDTH = 5.8
+SMALL = 7  # points: labels under images and legend entries, the smallest text printed
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red titles in Figure 2 and the gallery
 GREY = "#b0b0b0"
+
+
+def _themed(draw):
+    """Draw a figure in the one theme of every figure: seaborn's whitegrid style at paper sizes,
+    as context managers, so the caller's matplotlib settings are left as they were."""
+
+    @functools.wraps(draw)
+    def themed(*args, **kwargs):
+        with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
+            return draw(*args, **kwargs)
+
+    return themed
+
+
+def _fit(text: str, chars: int) -> str:
+    """text cut to `chars` characters (an ellipsis at the end), so labels do not run into each other."""
+    return text if len(text) <= chars else text[: chars - 1] + "\u2026"
 
 
 def _save(fig: Figure, path) -> Figure:
@@ -61,6 +87,7 @@ def _series(metrics: list[dict], key: str):
 # Figure 1
 
 
+@_themed
 def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> Figure:
     """Training curves from a run's metrics.jsonl records (list of dicts with ``epoch`` and
     ``train_loss``; optionally ``val_loss``, ``knn_acc``, ``linear_acc``).
@@ -69,7 +96,7 @@ def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> 
     """
     if not metrics:
         raise ValueError("figure1_curves: no metrics (is metrics.jsonl empty?)")
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 2.6), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for key, label, style in (("train_loss", "train", "-"), ("val_loss", "val", "--")):
         s = _series(metrics, key)
@@ -88,8 +115,6 @@ def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> 
         ax_acc.legend()
     else:
         ax_acc.text(0.5, 0.5, "no k-NN evaluations recorded", ha="center", va="center", transform=ax_acc.transAxes)
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -99,7 +124,7 @@ def figure1_curves(metrics: list[dict], path=None, title: str | None = None) -> 
 # Figure 2
 
 
-def _prediction_row(axes, images, true, pred, names, n, rng, label):
+def _prediction_grid(axes, images, true, pred, names, n, rng, label):
     images, true, pred = _hwc(images), _np(true), _np(pred)
     if not (len(images) == len(true) == len(pred)):
         raise ValueError(
@@ -111,23 +136,12 @@ def _prediction_row(axes, images, true, pred, names, n, rng, label):
         ax.axis("off")
     for ax, i in zip(axes, pick):
         ax.imshow(images[i], interpolation="nearest")
-        ok = true[i] == pred[i]
-        ax.set_title(
-            f"true: {names[int(true[i])]}\npred: {names[int(pred[i])]}", fontsize=7, color=RIGHT if ok else WRONG
-        )
-    axes[0].text(
-        -0.15,
-        0.5,
-        label,
-        transform=axes[0].transAxes,
-        rotation=90,
-        ha="right",
-        va="center",
-        fontsize=10,
-        fontweight="bold",
-    )
+        colour = RIGHT if true[i] == pred[i] else WRONG
+        text = f"true: {names[int(true[i])]}\npred: {names[int(pred[i])]}"
+        ax.set_title("\n".join(_fit(line, 21) for line in text.split("\n")), fontsize=SMALL, color=colour)
 
 
+@_themed
 def figure2_predictions(
     images,
     true_labels,
@@ -143,23 +157,28 @@ def figure2_predictions(
     path=None,
 ) -> Figure:
     """n random val images and n random OOD images with true and predicted class names; a title is
-    green when the prediction is right, red when wrong.
+    green when the prediction is right, red when wrong. Page wide: five images a row, the labels
+    in SMALL points when printed.
 
     images (N, H, W, 3) uint8 (or (N, 3, H, W)), true_labels / pred_labels (N,) ints indexing
     class_names. OOD: the probe-test images with their labels and predictions (e.g. from
     eval.json: ``ood.images[test_index]``), names from ood_class_names (default class_names).
     Samples are drawn with ``np.random.RandomState(seed)``.
     """
-    rows = 2 if ood_images is not None else 1
-    fig = Figure(figsize=(1.45 * n, 1.9 * rows + 0.3), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, n, squeeze=False))
-    rng = np.random.RandomState(seed)
-    _prediction_row(axes[0], images, true_labels, pred_labels, list(class_names), n, rng, "val")
+    parts = [("Validation images", images, true_labels, pred_labels, list(class_names))]
     if ood_images is not None:
         if ood_true is None or ood_pred is None:
             raise ValueError("figure2_predictions: ood_images given without ood_true and ood_pred")
         names = list(ood_class_names if ood_class_names is not None else class_names)
-        _prediction_row(axes[1], ood_images, ood_true, ood_pred, names, n, rng, "OOD")
+        parts.append(("Out-of-distribution images", ood_images, ood_true, ood_pred, names))
+    cols = min(n, 5)
+    rows = math.ceil(n / cols)
+    # an image a column; under it two lines of labels
+    fig = Figure(figsize=(PAGE_WIDTH, len(parts) * (rows * (PAGE_WIDTH / cols + 0.3) + 0.25)), layout="constrained")
+    rng = np.random.RandomState(seed)
+    for sub, (label, *data) in zip(np.atleast_1d(fig.subfigures(len(parts), 1)), parts):
+        sub.suptitle(label, fontweight="bold")
+        _prediction_grid(sub.subplots(rows, cols, squeeze=False).ravel(), *data, n, rng, label)
     return _save(fig, path)
 
 
@@ -177,9 +196,10 @@ def tsne_embedding(features, seed: int = 0, perplexity: float = 30.0, **tsne_kwa
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, **tsne_kwargs).fit_transform(x)
 
 
-def tsne_panel(ax, emb, labels, names, shown, title: str = "") -> None:
+def tsne_panel(ax, emb, labels, names, shown, title: str = "", legend_below: bool = False) -> None:
     """One t-SNE scatter: the classes in `shown` coloured (in that order), the rest grey.
-    emb (N, 2), labels (N,), names: class names by label (or None)."""
+    emb (N, 2), labels (N,), names: class names by label (or None). The legend goes to the right,
+    or below in two columns (legend_below, for page-wide figures with panels side by side)."""
     labels, shown = _np(labels), list(shown)
     rest = ~np.isin(labels, shown)
     if rest.any():
@@ -196,20 +216,22 @@ def tsne_panel(ax, emb, labels, names, shown, title: str = "") -> None:
     for colour, c in zip(_palette(len(shown)), shown):
         m = labels == c
         name = names[int(c)] if names is not None and int(c) < len(names) else str(c)
-        ax.scatter(emb[m, 0], emb[m, 1], s=5, color=colour, linewidths=0, label=name)
+        ax.scatter(emb[m, 0], emb[m, 1], s=5, color=colour, linewidths=0, label=_fit(name, 20))
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=6, markerscale=2.5, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    where = dict(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2) if legend_below else dict(loc="upper left")
+    where.setdefault("bbox_to_anchor", (1.0, 1.0))
+    ax.legend(fontsize=SMALL, markerscale=2, frameon=False, handletextpad=0.1, columnspacing=0.8, **where)
 
 
 def _palette(n: int):
-    from matplotlib import colormaps
+    """n distinct colours: seaborn's tab10 up to 10, its evenly spaced husl hues beyond (tab20's
+    pairs of light and dark shades are hard to tell apart in a scatter)."""
+    return sns.color_palette("tab10" if n <= 10 else "husl", max(n, 1))
 
-    cmap = colormaps["tab20" if n > 10 else "tab10"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
-
+@_themed
 def figure3_tsne(
     val_features,
     val_labels,
@@ -224,8 +246,9 @@ def figure3_tsne(
     tsne_kwargs: dict | None = None,
     path=None,
 ) -> Figure:
-    """t-SNE of val features and of OOD features, two panels. n_highlight random classes (seeded)
-    are coloured, the rest grey; with <= n_highlight classes all are coloured.
+    """t-SNE of val features and of OOD features, two panels side by side, page wide, each with its
+    legend below in SMALL points. n_highlight random classes (seeded) are coloured, the rest grey;
+    with <= n_highlight classes all are coloured.
 
     features (N, D), labels (N,). embeddings: precomputed {"val": (N, 2), "ood": (M, 2)} to skip
     t-SNE (it takes minutes for 10k points on a CPU); tsne_kwargs go to sklearn's TSNE.
@@ -233,7 +256,11 @@ def figure3_tsne(
     panels = [("val", val_features, val_labels, class_names, "In-distribution (val)")]
     if ood_features is not None:
         panels.append(("ood", ood_features, ood_labels, ood_class_names, "Out-of-distribution"))
-    fig = Figure(figsize=(6.2 * len(panels), 5), layout="constrained")
+    # a square panel a column, then up to n_highlight + 1 legend entries in two columns under it
+    entries = min(n_highlight + 1, max(len(np.unique(_np(p[2]))) for p in panels))
+    side = PAGE_WIDTH / 2
+    height = side + 0.45 + math.ceil(entries / 2) * SMALL * 1.45 / 72
+    fig = Figure(figsize=(side * len(panels), height), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (key, feats, labels, names, title) in zip(axes, panels):
         emb = (embeddings or {}).get(key)
@@ -245,7 +272,7 @@ def figure3_tsne(
             if len(classes) <= n_highlight
             else np.sort(np.random.RandomState(seed).choice(classes, n_highlight, replace=False))
         )
-        tsne_panel(ax, _np(emb), labels, names, shown, title)
+        tsne_panel(ax, _np(emb), labels, names, shown, title, legend_below=True)
     return _save(fig, path)
 
 
@@ -253,6 +280,7 @@ def figure3_tsne(
 # Neighbours, comparisons, ablations
 
 
+@_themed
 def neighbour_gallery(
     query_images,
     train_images,
@@ -287,7 +315,7 @@ def neighbour_gallery(
         title = "query" + (f"\n{q_names[qlab]}" if qlab is not None else "")
         axes[r, 0].set_title(
             title if query_titles is None else query_titles[r],
-            fontsize=7,
+            fontsize=SMALL,
             fontweight="bold",
             color="black" if query_colours is None else query_colours[r],
         )
@@ -297,7 +325,7 @@ def neighbour_gallery(
             lab = int(t_lab[idx[r, j]])
             same_classes = qlab is not None and query_class_names is None  # else labels are not comparable
             colour = (RIGHT if lab == qlab else WRONG) if same_classes else "black"
-            ax.set_title(f"{j + 1}: {class_names[lab]}", fontsize=7, color=colour)
+            ax.set_title(f"{j + 1}: {class_names[lab]}", fontsize=SMALL, color=colour)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -318,6 +346,7 @@ def _floor_value(results: dict, metric: str, floor):
     return (float(np.mean(vals)) if vals else None), (float(np.mean(ints)) if ints else None)
 
 
+@_themed
 def comparison_bar(
     results: dict, metrics=("val_knn", "ood_knn"), *, floor=None, labels=None, title: str | None = None, path=None
 ) -> Figure:
@@ -331,7 +360,7 @@ def comparison_bar(
     if not names:
         raise ValueError("comparison_bar: no results")
     labels = labels or {m: _label(m) for m in metrics}
-    fig = Figure(figsize=(max(5.0, 1.1 * len(names) * max(1, len(metrics)) / 1.6 + 2), 4), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 3.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(metrics)
     x = np.arange(len(names))
@@ -358,7 +387,7 @@ def comparison_bar(
         for b, v, e in zip(bars, vals, errs):
             if np.isfinite(v):
                 top = v + (e if np.isfinite(e) else 0)
-                ax.text(b.get_x() + b.get_width() / 2, top + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+                ax.text(b.get_x() + b.get_width() / 2, top + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=SMALL)
         f, f_int = _floor_value(results, m, floor)
         if f is not None:
             ax.axhline(100 * f, color=colours[i], ls="--", lw=1.2, zorder=3, label=f"{labels.get(m, m)}: random init")
@@ -372,13 +401,14 @@ def comparison_bar(
     )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.grid(axis="x", visible=False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     if title:
         ax.set_title(title)
     return _save(fig, path)
 
 
+@_themed
 def ablation_plot(
     rows: list[dict],
     axis_key: str,
@@ -409,7 +439,7 @@ def ablation_plot(
             log_x = positive and max(xs_all) / min(xs_all) > 100
     else:
         categories = list(dict.fromkeys(map(str, xs_all)))
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(PAGE_WIDTH, 3.4), layout="constrained")
     ax = fig.subplots()
     colours = _palette(max(len(metrics) * len(groups), 2))
     styles = ["-o", "--s", ":^", "-.v"]
@@ -433,8 +463,7 @@ def ablation_plot(
     if not numeric:
         ax.set_xticks(range(len(categories)), categories)
     ax.set(xlabel=axis_key, ylabel="accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend()
     if title:
         ax.set_title(title)
     return _save(fig, path)
