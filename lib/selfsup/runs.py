@@ -4,7 +4,8 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
 
     config.json           the Config the run trains (every key)
     run.json              status (running / stopped / finished / failed), config hash, data
-                          fingerprint, environment, wall clock, final metrics
+                          fingerprint, environment (versions, device, the code's git commit and
+                          whether its tree was dirty), wall clock, final metrics
     metrics.jsonl         one JSON line per epoch
     checkpoint.pt         full training state (model, optimizer, scheduler, EMA target, RNG, epoch)
     encoder.safetensors   the trained encoder, written when training finishes
@@ -29,6 +30,7 @@ import pickle
 import platform
 import re
 import socket
+import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -92,9 +94,29 @@ def environment(device: torch.device, processes: int = 1) -> dict:
         threads=torch.get_num_threads(),
         processes=processes,
     )
+    info["git_commit"], info["git_dirty"] = git_state()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def git_state(source=__file__) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout that holds `source` (by default selfsup's own code):
+    the HEAD commit and whether the tree differs from it (tracked changes or untracked files).
+    (None, None) when the file is not tracked by git (an installed package, even one inside some
+    repository), git is missing, or it takes longer than 5 s."""
+    where, name = Path(source).resolve().parent, Path(source).name
+
+    def git(*args) -> str:
+        return subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+
+    try:
+        git("ls-files", "--error-unmatch", "--", name)
+        return git("rev-parse", "HEAD").strip(), bool(git("status", "--porcelain").strip())
+    except (OSError, subprocess.SubprocessError):  # no git, not a repository, untracked, too slow
+        return None, None
 
 
 def _first_line(e: BaseException) -> str:
