@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export MPLBACKEND := Agg
 
-.PHONY: setup tex chromium data demo test report sweep lab check-browser clean
+.PHONY: setup tex chromium data demo test lint report sweep lab check-browser clean
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
@@ -85,6 +85,12 @@ sweep: setup  ## run a sweep file, resumable:  make sweep SWEEP=configs/sweeps/c
 
 test: setup tex  ## the test suite (CPU, offline, a few minutes; the browser tests skip without Chromium: make chromium)
 	$(BIN)/python -m pytest -q
+
+# The configuration is pyproject.toml's [tool.ruff]; `ruff format lib tests benchmarks scripts` fixes the format.
+LINT_PATHS := lib tests benchmarks scripts
+lint: setup  ## ruff: lint and format check of lib/, tests/, benchmarks/, scripts/ (seconds)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 # JupyterLab bound to 127.0.0.1; as root (containers) with --allow-root, which jupyter otherwise
 # refuses ("Running as root is not recommended"). More options: make lab LAB_ARGS='--port 8890 --no-browser'
