@@ -110,9 +110,12 @@ def test_knn_distance_weights_match_sklearn_including_exact_matches():
         )
 
 
-def test_knn_near_equidistant_points_force_candidate_fallback():
-    """Training points on a thin shell around the query: the approximate top-c cannot separate
-    them, so candidates grow until the bound holds (up to all points); still exact."""
+def test_knn_near_equidistant_points_force_candidate_fallback(monkeypatch):
+    """Training points on a thin shell around the query: the fast pass cannot separate them, so a
+    query takes every point within its rounding bound as a candidate; still exact."""
+    ranked = []
+    rank = knn._rank
+    monkeypatch.setattr(knn, "_rank", lambda q, train, cand, k: ranked.append(cand.shape[1]) or rank(q, train, cand, k))
     rng = np.random.default_rng(5)
     d = 64
     centre = np.full(d, 3.0, np.float32)
@@ -122,6 +125,20 @@ def test_knn_near_equidistant_points_force_candidate_fallback():
     y = rng.integers(0, 5, 3000)
     test = np.stack([centre, centre + 1e-3]).astype(np.float32)
     np.testing.assert_array_equal(ours(train, y, test), sk_predict(train, y, test))
+    assert max(ranked) > 5 + knn.SPARE  # the wide path was taken
+
+
+def test_knn_features_far_from_the_origin_match_sklearn():
+    """Non-negative features with a large common offset (big norms, small differences): the case
+    where |x|^2 + |y|^2 - 2 x.y in float32 reorders neighbours; centring keeps the fast pass sharp."""
+    rng = np.random.default_rng(11)
+    train, y = clustered(rng, 1500, 256, spread=1.0)
+    test, _ = clustered(rng, 300, 256, spread=1.0)
+    train, test = train + 30, test + 30
+    for k, weights in ((5, "uniform"), (20, "distance")):
+        np.testing.assert_array_equal(
+            ours(train, y, test, k=k, weights=weights), sk_predict(train, y, test, k=k, weights=weights)
+        )
 
 
 def test_knn_non_contiguous_labels_and_float64_and_torch_inputs():

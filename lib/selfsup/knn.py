@@ -74,16 +74,19 @@ def _nearest(train: torch.Tensor, test: torch.Tensor, k: int, chunk_size: int | 
     indices (M, k)), nearest first, equal distances by index.
 
     A fast pass in the features' dtype (one GEMM a chunk) picks candidates, which _rank orders in
-    float64. The fast |y|^2 - 2 q.y errs by at most about D u (|q| + |y|)^2 (u = 2^-24 in
-    float32; `err` below has a 2x margin), enough to reorder near neighbours; so the candidates
-    of a query are every point the fast pass puts within twice that of its k-th: all that can be
-    among its k nearest. Usually a few beyond k; more than k + SPARE only on near-equidistant
-    data, taken one query at a time.
+    float64. On features centred on the training mean (a shift keeps every distance), the fast
+    |y|^2 - 2 q.y errs by at most about D u (|q| + |y|)^2 (u = 2^-24 in float32; `err` below,
+    the centring's own rounding and a 2x margin included), enough to reorder near neighbours; so
+    the candidates of a query are every point the fast pass puts within twice that of its k-th:
+    all that can be among its k nearest. Usually a few beyond k; more than k + SPARE only on
+    near-equidistant data, taken one query at a time.
     """
     n, d = train.shape
     u = torch.finfo(train.dtype).eps / 2
-    err = 2 * (d * u / (1 - d * u) + 4 * u)
-    yy = torch.linalg.vector_norm(train, dim=1).square()
+    err = 2 * (d * u / (1 - d * u) + 6 * u)
+    mean = train.mean(0)
+    centred = train - mean  # a copy of the training features: post-ReLU features sit far from 0
+    yy = torch.linalg.vector_norm(centred, dim=1).square()
     max_norm = yy.double().max().sqrt()
     c = min(n, k + SPARE)
     # Queries per chunk: a (queries x n) block of fast distances of about 64 MB on the CPU, 1 GB on a GPU.
@@ -91,11 +94,11 @@ def _nearest(train: torch.Tensor, test: torch.Tensor, k: int, chunk_size: int | 
     dist = torch.empty(len(test), k, dtype=torch.float64, device=test.device)
     index = torch.empty(len(test), k, dtype=torch.long, device=test.device)
     for s in range(0, len(test), chunk):
-        q, q64 = test[s : s + chunk], test[s : s + chunk].double()
+        q, q64 = test[s : s + chunk] - mean, test[s : s + chunk].double()
         with _full_fp32_matmul():
-            fast = torch.addmm(yy, q, train.T, alpha=-2)  # (Q, n); |q|^2 is the same along a row
+            fast = torch.addmm(yy, q, centred.T, alpha=-2)  # (Q, n); |q|^2 is the same along a row
         v, cand = fast.topk(c, dim=1, largest=False)  # ascending
-        reach = v[:, k - 1].double() + 2 * err * (q64.norm(dim=1) + max_norm) ** 2
+        reach = v[:, k - 1].double() + 2 * err * (q.double().norm(dim=1) + max_norm) ** 2
         within = (v.double() <= reach[:, None]).sum(1)
         d2, idx = _rank(q64, train, cand[:, : int(within.max())], k)
         for r in (within == c).nonzero().flatten().tolist() if c < n else []:
