@@ -135,6 +135,7 @@ def main(argv=None) -> dict:
     else:
         print()
 
+    print("load average (1, 5, 15 min): {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     result = dict(args=vars(args), rows=rows, accuracy=acc, identical_to_sklearn=same)
     save(
         result,
