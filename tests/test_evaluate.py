@@ -152,6 +152,27 @@ def test_knn_non_contiguous_labels_and_float64_and_torch_inputs():
     np.testing.assert_array_equal(got.numpy(), expected)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_knn_on_the_gpu_matches_sklearn_even_with_tf32_on():
+    """The same predictions on CUDA; a caller's TF32 setting (common in training scripts) must not
+    loosen the fast pass below its rounding bound."""
+    rng = np.random.default_rng(12)
+    train, y = clustered(rng, 5000, 512, n_classes=50, spread=1.0)
+    test, _ = clustered(rng, 1000, 512, n_classes=50, spread=1.0)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        got = knn_predict(torch.from_numpy(train).cuda(), torch.from_numpy(y).cuda(), torch.from_numpy(test).cuda())
+        weighted = ours(train, y, test, k=20, metric="cosine", weights="distance", device="cuda")
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert got.is_cuda
+    np.testing.assert_array_equal(got.cpu().numpy(), sk_predict(train, y, test))
+    np.testing.assert_array_equal(
+        weighted, ours(train, y, test, k=20, metric="cosine", weights="distance", device="cpu")
+    )
+
+
 # --------------------------------------------------------------------------- weighted (SSL) k-NN
 
 
