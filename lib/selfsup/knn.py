@@ -21,7 +21,7 @@ from .features import as_tensor, default_device, float_features, int_labels
 
 METRICS = ("euclidean", "cosine")
 WEIGHTS = ("uniform", "distance")
-SPARE = 16  # candidates beyond k from the fast pass: enough that its rounding almost never matters
+SPARE = 16  # candidates kept beyond k by the fast pass; only near-equidistant data need more
 
 
 def _prepare(train_features, test_features, metric, device, ks):
@@ -165,7 +165,8 @@ def knn_predict(
     cosine: L2-normalised features; with weights="distance" the weighted k-NN of SSL papers,
         votes exp(cos / temperature), usually k=20 or 200.
     chunk_size: queries per block (default: queries x N distances of about 64 MB on the CPU, 1 GB
-        on CUDA); the results do not depend on it.
+        on CUDA); the results do not depend on it. Memory beyond that block: one copy of the
+        training features.
     """
     return _knn_multi(
         train_features, train_labels, test_features, [k], metric, weights, temperature, chunk_size, device
