@@ -10,6 +10,7 @@ and a notebook shows the returned figure exactly once.
     neighbour_gallery(...)                       queries and their nearest training images
     comparison_bar(results)                      k-NN accuracy per method / sweep point, with floor
     ablation_plot(rows, axis_key)                a metric against a swept hyperparameter
+    two_views(images, v1, v2)                    a batch and its two augmented views (notebook 03)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from .pixels import MEAN, STD
 
 DPI = 150
 RIGHT, WRONG = "#1a7f37", "#cf222e"  # green / red titles in Figure 2 and the gallery
@@ -437,4 +440,25 @@ def ablation_plot(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a self-supervised method trains on
+
+
+def two_views(images, v1, v2, path=None, title: str | None = None) -> Figure:
+    """One column per image: the image (N, H, W, 3) uint8, then its two augmented views (N, 3, S, S)
+    as selfsup.augment.TwoViews returns them (normalised with MEAN/STD; shown un-normalised)."""
+    images, n = _hwc(images), len(images)
+    views = [np.clip(_hwc(v) * np.array(STD) + np.array(MEAN), 0, 1) for v in (v1, v2)]
+    fig = Figure(figsize=(1.3 * n, 4.2), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    for row, (label, shown) in enumerate((("image", images), ("view 1", views[0]), ("view 2", views[1]))):
+        for i in range(n):
+            axes[row, i].imshow(shown[i])
+            axes[row, i].set(xticks=[], yticks=[])
+        axes[row, 0].set_ylabel(label)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
