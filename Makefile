@@ -70,7 +70,7 @@ demo: setup tex data  ## the whole pipeline on the demo data -> figures/Figure1-
 	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb
 	@echo "== [4/6] $$(date +%T) final run: configs/demo.yaml -> $(RUN)/"
 	$(PAPERMILL) notebooks/03_train.ipynb $(NB_OUT)/03_train.ipynb \
-		-p config configs/demo.yaml -p data $(DATA) -p run_dir $(RUN) -p resume True
+		-p preset configs/demo.yaml -p data_dir $(DATA) -p run_dir $(RUN) -p resume True
 	@echo "== [5/6] $$(date +%T) evaluation and Figures 1-3 -> figures/"
 	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data $(DATA)
 	@echo "== [6/6] $$(date +%T) report -> reports/report.{html,pdf,md}"

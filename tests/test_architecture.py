@@ -108,7 +108,6 @@ def test_modules_and_functions_sized_to_one_idea():
         "eval.json",
         "features.npz",
         "tsne.npz",
-        "summary.json",
         "error.txt",
     ],
 )

@@ -60,8 +60,8 @@ def ws(tmp_path_factory):
         "03_train.ipynb",
         ws["out"],
         root=str(REPO),
-        config=str(ws["preset"]),
-        data=str(ws["data"]),
+        preset=str(ws["preset"]),
+        data_dir=str(ws["data"]),
         run_dir=str(ws["run"]),
         overrides={"epochs": 2},
         progress=False,
@@ -101,7 +101,6 @@ def test_03_train_writes_an_evaluated_run(ws):
         "encoder.safetensors",
         "run.json",
         "eval.json",
-        "summary.json",
     ):
         assert (run / name).is_file(), name
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
@@ -109,7 +108,11 @@ def test_03_train_writes_an_evaluated_run(ws):
     assert rec["status"] == "finished" and rec["epochs"] == 2 and rec["config"]["width"] == 4
     assert 0 <= rec["val_knn"] <= 1 and 0 <= rec["val_linear"] <= 1
     assert any("k-NN, course protocol" in md for md in outputs(ws["nb03"], "text/markdown"))
-    assert outputs(ws["nb03"], "image/png")  # the curves
+    assert len(outputs(ws["nb03"], "image/png")) == 2  # the batch and its two views, the curves
+    assert any(
+        "loss on these 8 images at the run's starting weights" in md for md in outputs(ws["nb03"], "text/markdown")
+    )
+    assert not (run / "summary.json").exists()  # nothing is written that nothing reads
 
 
 def test_03_resume_of_a_finished_run_returns_at_once(ws, tmp_path):
@@ -118,8 +121,8 @@ def test_03_resume_of_a_finished_run_returns_at_once(ws, tmp_path):
         "03_train.ipynb",
         tmp_path,
         root=str(REPO),
-        config=str(ws["preset"]),
-        data=str(ws["data"]),
+        preset=str(ws["preset"]),
+        data_dir=str(ws["data"]),
         run_dir=str(ws["run"]),
         overrides={"epochs": 2},
         resume=True,

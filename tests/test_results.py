@@ -180,13 +180,19 @@ def test_each_seed_resumes_on_its_own(tmp_path, monkeypatch):
         f.unlink()
     Run(seed1).write_error("RuntimeError: simulated failure")
     watched = {f: f.stat().st_mtime_ns for f in seed0.iterdir() if f.is_file()}
-    table = sweep.run_sweep(spec, runs_root=runs, progress=False)
+    returned = sweep.run_sweep(spec, runs_root=runs, progress=False)
     assert {f: f.stat().st_mtime_ns for f in watched} == watched  # seed 0 untouched
-    rows = results.load_results(table).to_dict("records")
+    rows = results.load_results("seeds", runs_root=runs).to_dict("records")
+    assert [(r["seed"], r["status"]) for r in returned] == [(0, "finished"), (1, "finished")]
     assert [(r["seed"], r["status"]) for r in rows] == [(0, "finished"), (1, "finished")]
     (point,) = results.summarise(rows)
     assert point["n_seeds"] == 2 and point["val_knn_ci95"] >= 0
-    assert (runs / "seeds" / results.SUMMARY).is_file()
+    # summary.csv, written once by the sweep, reads back as summarise's rows (notebooks 01, 02, 05)
+    (stored,) = results.read_summary("seeds", runs_root=runs).to_dict("records")
+    assert (stored["point"], stored["axes"], stored["seeds"], stored["n_seeds"]) == ("lr-0.002", ["lr"], "0|1", 2)
+    for key in ("val_knn", "val_knn_ci95", "val_knn_interval", "val_knn_gain", "val_knn_gain_ci95"):
+        assert stored[key] == pytest.approx(point[key]), key
+    assert results.collect_results(runs, summary=True)["point"].tolist() == ["lr-0.002"]
 
 
 def test_tables_and_charts_name_methods_by_title():

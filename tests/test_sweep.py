@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from helpers import TINY_PRESET
-from selfsup import config, demo_data, results, sweep
+from selfsup import config, demo_data, launch, results, sweep
 from selfsup.config import ConfigError
 from selfsup.runs import RunError
 
@@ -49,6 +49,8 @@ def write_sweep(tmp_path, **spec):
         (dict(), ["no points"]),
         (dict(grid={"lr": [0.1]}, name="a/b"), ["'name'"]),
         (dict(grid={"lr": [0.1]}, parameters={"run_dir": "x"}), ["'parameters'", "run_dir"]),
+        (dict(grid={"lr": [0.1]}, parameters={"config": "x"}), ["'parameters'", "'config'", "not a parameter"]),
+        (dict(grid={"lr": [0.1]}, name=".."), ["'name'"]),
     ],
 )
 def test_bad_sweep_file_names_file_and_key(tmp_path, preset, spec, words):
@@ -186,9 +188,9 @@ def test_worker_pins_one_gpu(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     q = queue.Queue()
     q.put("3")
-    sweep._init_worker(q, None)
+    launch._init_worker(q, None)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
-    sweep._init_worker(None, 2)
+    launch._init_worker(None, 2)
     assert os.environ["OMP_NUM_THREADS"] == "2"
 
 
@@ -227,9 +229,12 @@ def test_run_sweep_resumes_and_records_failures(tmp_path, preset, monkeypatch):
     )  # invalid value: recorded without running
     runs = tmp_path / "runs"
 
-    table = sweep.run_sweep(spec, runs_root=runs, jobs=2, progress=False)  # two workers: the pool path
-    assert table == runs / "tiny" / "results.csv"
+    returned = sweep.run_sweep(spec, runs_root=runs, jobs=2, progress=False)  # two workers: the pool path
+    table = runs / "tiny" / "results.csv"
     rows = {r["point"]: r for r in results.load_results(table).to_dict("records")}
+    assert [r["point"] for r in returned] == list(rows) and [r["status"] for r in returned] == [
+        r["status"] for r in rows.values()
+    ]  # the rows it returns are the rows it wrote
     assert set(rows) == {"temperature-0.1", "temperature-0.5", "batch_size-4096", "lr--1"}
     for slug in ("temperature-0.1", "temperature-0.5"):
         r = rows[slug]

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import TINY_RUN, make_tiny
-from selfsup import cli, config, data, demo_data, optim, train
+from selfsup import cli, config, data, demo_data, evaluate, optim, train
 from selfsup.config import ConfigError
 from selfsup.methods import REGISTRY
 from selfsup.runs import Run, RunError
@@ -59,6 +59,25 @@ def test_run_folder_describes_itself(tiny_data, tmp_path):
     assert all({"train_loss", "val_loss", "knn_acc", "lr", "images_per_sec"} <= m.keys() for m in metrics)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "generator", "torch_rng", "epoch"} <= ckpt.keys()
+
+
+def test_train_eval_is_one_run_on_one_loaded_dataset(tiny_data, tmp_path, monkeypatch, capsys):
+    """`selfsup train --eval` trains, then evaluates on the dataset it loaded (selfsup.pipeline.run):
+    the data folder is read once, and eval.json is current for that folder."""
+    folder, _ = tiny_data
+    loads = []
+    load_dataset = data.load_dataset
+    for module in (data, evaluate):  # the command line's load, and evaluate_run's own (for a folder alone)
+        monkeypatch.setattr(module, "load_dataset", lambda d: loads.append(d) or load_dataset(d))
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(json.dumps(TINY_RUN))  # YAML is a superset of JSON
+    args = ["train", "--config", preset, "--data", folder, "--run-dir", tmp_path / "r", "--no-progress", "--eval"]
+    assert cli.main([str(a) for a in args]) == 0
+    assert len(loads) == 1
+    run = Run(tmp_path / "r")
+    assert run.status == "finished" and run.eval_current(data=folder)
+    summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # the final epoch's line, then eval's summary
+    assert summary == run.eval()["summary"] and 0 <= summary["val_knn"] <= 1
 
 
 def test_run_folder_is_never_overwritten(tiny_data, tmp_path):

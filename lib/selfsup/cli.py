@@ -4,7 +4,7 @@
     selfsup data convert SRC DEST --id-classes .. --ood-classes ..
     selfsup data download tiny-imagenet [DEST] --id-classes .. --ood-classes ..   download + convert
     selfsup data info DIR
-    selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume]
+    selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume] [--eval]
     torchrun --nproc-per-node N -m selfsup.cli train ...   the same, data-parallel over N processes
     selfsup eval --run-dir DIR --data DIR
     selfsup sweep configs/sweeps/NAME.yaml [--data DIR] [--runs runs] [--jobs N]
@@ -20,7 +20,7 @@ import json
 import os
 import sys
 
-from . import config, data, demo_data, download, evaluate, imagefolder, results, runs, sweep, train, workbook
+from . import config, data, demo_data, download, evaluate, imagefolder, pipeline, results, runs, sweep, workbook
 from .config import ConfigError
 from .data import DataError
 from .runs import RunError
@@ -76,9 +76,13 @@ def _data(args):
 def _train(args):
     cfg = config.load(args.config, config.parse_overrides(args.set))
     ds = data.load_dataset(args.data)
-    info = train.train(cfg, ds, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    out = pipeline.run(
+        cfg, ds, args.run_dir, data_dir=args.data, evaluate=args.eval, resume=args.resume, progress=not args.no_progress
+    )
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
-        print(json.dumps(info.get("final", {})))
+        print(json.dumps(out["info"].get("final", {})))
+        if out["eval"] is not None:
+            print(json.dumps(out["eval"]["summary"], indent=2))
 
 
 def _eval(args):
@@ -87,16 +91,20 @@ def _eval(args):
 
 
 def _sweep(args):
-    table = sweep.run_sweep(
-        args.file, data=args.data, runs_root=args.runs, jobs=args.jobs, progress=not args.no_progress
-    )
+    s = sweep.load_sweep(args.file, data=args.data, runs_root=args.runs)
+    rows = sweep.run_sweep(s, jobs=args.jobs, progress=not args.no_progress)
+    table = s.root / results.RESULTS
     print(f"results: {table}")
-    rows = results.load_results(table)
-    bad = rows[rows["status"] != "finished"]
-    if len(bad):  # the others ran; the exit status still says the sweep is incomplete
+    bad = [r for r in rows if r["status"] != "finished"]
+    if bad:  # the others ran; the exit status still says the sweep is incomplete
+        see = (
+            f"their {runs.ERROR}"
+            if all(r["status"] in ("failed", "invalid") for r in bad)
+            else f"the errors in {table}"
+        )
         print(
             f"selfsup: error: {len(bad)} of {len(rows)} sweep points did not finish "
-            f"({', '.join(bad['point'] + ': ' + bad['status'])}); see their {runs.ERROR}",
+            f"({', '.join(r['point'] + ': ' + r['status'] for r in bad)}); see {see}",
             file=sys.stderr,
         )
         return 1
@@ -219,6 +227,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True)
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument("--eval", action="store_true", help="then evaluate it, as `selfsup eval` does (eval.json)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=_train)
 

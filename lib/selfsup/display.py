@@ -10,7 +10,8 @@ import json
 import math
 from pathlib import Path
 
-from .config import Config
+from .config import METHOD_SETTINGS, Config
+from .methods import REGISTRY
 
 
 def is_missing(x) -> bool:
@@ -76,12 +77,13 @@ def markdown_table(rows, columns) -> str:
 
 
 def config_markdown(cfg) -> str:
-    """A Config's settings that differ from the dataclass defaults, as a Markdown table."""
-    defaults = Config()
+    """A Config's settings that differ from the dataclass defaults, as a Markdown table; another
+    method's own settings (a temperature for BYOL) are left out: this run does not read them."""
+    defaults, unread = Config(), METHOD_SETTINGS - set(REGISTRY[cfg.method].settings)
     rows = [
         dict(key=k, value=v, default=getattr(defaults, k))
         for k, v in cfg.to_dict().items()
-        if v != getattr(defaults, k)
+        if v != getattr(defaults, k) and k not in unread
     ]
     return markdown_table(rows, [("key", "key"), ("value", "value"), ("default", "default")])
 

@@ -280,7 +280,15 @@ def _summary(trained: dict, floor: dict | None) -> dict:
 
 
 def evaluate_run(
-    run_dir, data_dir, device=None, *, table: bool = True, linear: bool = True, save_features: bool = True, **kwargs
+    run_dir,
+    data_dir,
+    device=None,
+    *,
+    dataset=None,
+    table: bool = True,
+    linear: bool = True,
+    save_features: bool = True,
+    **kwargs,
 ) -> dict:
     """Evaluate a finished run folder: write ``eval.json`` and the features it used (features.npz,
     which figures and the explorer read, so they show exactly what eval.json scored).
@@ -291,12 +299,14 @@ def evaluate_run(
     CUDA if available; bf16 there, as in training). kwargs go to evaluate_features. Returns the
     eval.json content: trained, random_init, summary (flat headline accuracies), config, data,
     device, seconds. save_features=False skips features.npz (sweeps: 100k x 512 floats a point).
+    dataset: data_dir's Dataset when the caller has loaded it already (selfsup.pipeline.run), so
+    it is not loaded twice.
     """
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else default_device()
     run = Run(run_dir)
     cfg, model = run.load_model(device)
-    dataset = load_dataset(data_dir)
+    dataset = dataset if dataset is not None else load_dataset(data_dir)
     kw = dict(table=table, linear=linear, **kwargs)
 
     features = extract_all(model.encoder, dataset, device)

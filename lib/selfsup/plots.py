@@ -12,6 +12,7 @@ The report's figures are PAGE_WIDTH wide, so that the PDF prints them at 100%, f
     neighbour_gallery(...)                       queries and their nearest training images
     comparison_bar(results)                      k-NN accuracy per method / sweep point, with floor
     ablation_plot(rows, axis_key)                a metric against a swept hyperparameter
+    two_views(images, v1, v2)                    a batch and its two augmented views (notebook 03)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
+
+from .pixels import MEAN, STD
 
 DPI = 150
 # Inches: the PDF report (nbconvert's LaTeX template: article, letter paper, 1 in margins) shows an
@@ -466,4 +469,25 @@ def ablation_plot(
     ax.legend()
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a self-supervised method trains on
+
+
+def two_views(images, v1, v2, path=None, title: str | None = None) -> Figure:
+    """One column per image: the image (N, H, W, 3) uint8, then its two augmented views (N, 3, S, S)
+    as selfsup.augment.TwoViews returns them (normalised with MEAN/STD; shown un-normalised)."""
+    images, n = _hwc(images), len(images)
+    views = [np.clip(_hwc(v) * np.array(STD) + np.array(MEAN), 0, 1) for v in (v1, v2)]
+    fig = Figure(figsize=(1.3 * n, 4.2), layout="constrained")
+    axes = fig.subplots(3, n, squeeze=False)
+    for row, (label, shown) in enumerate((("image", images), ("view 1", views[0]), ("view 2", views[1]))):
+        for i in range(n):
+            axes[row, i].imshow(shown[i])
+            axes[row, i].set(xticks=[], yticks=[])
+        axes[row, 0].set_ylabel(label)
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)

@@ -5,7 +5,9 @@ read back into tables for notebooks 01, 02 and 05.
     load_results("demo")        -> runs/demo/results.csv as a DataFrame (one row per seed)
     summarise(rows)             -> one row per point: mean, std, 95% interval over seeds, and the
                                    binomial interval of a single run on that val / OOD size
-    collect_results("runs")     -> every sweep's table in one DataFrame
+    write_results(rows, keys, path) -> results.csv and, beside it, summary.csv (summarise's rows)
+    read_summary("demo")        -> runs/demo/summary.csv as a DataFrame (one row per point)
+    collect_results("runs")     -> every sweep's table in one DataFrame (summary=True: summary.csv's)
     axis_results(df, "lr")      -> the rows that vary one axis, in its order
     separated(a, b, "val_knn")  -> +1 / -1 when the intervals of two points separate, else 0
     above_floor(row, "val_knn") -> the point beats its random-init floor (paired by seed)
@@ -23,7 +25,7 @@ import math
 import os
 from pathlib import Path
 
-from .runs import Run
+from .runs import Run, RunError
 
 RESULTS = "results.csv"
 # Columns of results.csv after the per-key parameter columns.
@@ -55,7 +57,7 @@ RESULT_COLUMNS = (
     "run_dir",
     "error",
 )
-SUMMARY = "summary.csv"
+SUMMARY_CSV = "summary.csv"  # beside results.csv: one row per point over its seeds (summarise)
 # The metrics with a random-init floor (random_init_<metric>), whose paired gain summarise() reports.
 FLOORED = tuple(m for m in ACCURACY_COLUMNS if f"random_init_{m}" in ACCURACY_COLUMNS)
 Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
@@ -64,12 +66,17 @@ Z95 = 1.959963984540054  # the normal distribution's 97.5% quantile
 def run_summary(run_dir: str | Path) -> dict:
     """Headline numbers of one run folder (selfsup.runs.Run.headline); missing -> NaN.
 
-    Keys: status, epochs, train_loss, wall_clock_s, config_hash and ACCURACY_COLUMNS (fractions in
-    [0, 1], named as in eval.json's summary)."""
-    h = Run(run_dir).headline()
+    Keys: status, epochs, train_loss, wall_clock_s, config_hash, ACCURACY_COLUMNS (fractions in
+    [0, 1], named as in eval.json's summary) and error. A run file holding what selfsup does not
+    write there (hand-edited, foreign): status "unreadable", error naming the file and what is wrong."""
+    try:
+        h = Run(run_dir).headline()
+    except RunError as e:
+        h = dict(status="unreadable", error=str(e))
     return {
         **{k: h.get(k, math.nan) for k in RESULT_COLUMNS if k not in ("run_dir", "error")},
         "config_hash": h.get("config_hash", ""),
+        "error": h.get("error", ""),
     }
 
 
@@ -203,7 +210,7 @@ def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
     _write_csv(
         summarise(rows, keys),
         ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats, "train_loss", "wall_clock_s", "error"],
-        path.parent / SUMMARY,
+        path.parent / SUMMARY_CSV,
     )
     return path
 
@@ -219,16 +226,31 @@ def results_path(name_or_csv: str | Path, runs_root: str | Path = "runs") -> Pat
 
 
 def load_results(name_or_csv: str | Path, runs_root: str | Path = "runs"):
-    """A sweep's results table as a pandas DataFrame (one row per point; `axes` is a list).
+    """A sweep's results table as a pandas DataFrame (one row per run; `axes` is a list).
 
     name_or_csv: a sweep name (read from runs_root/<name>/results.csv), its folder, or a CSV path.
     Raises FileNotFoundError naming the path when the sweep has not been run."""
+    path = results_path(name_or_csv, runs_root)
+    return _read_table(path, ("point", "axes", "status", "config_hash", "run_dir", "error"))  # seed: a number
+
+
+def read_summary(name_or_csv: str | Path, runs_root: str | Path = "runs"):
+    """A sweep's summary.csv as a pandas DataFrame: one row per point over its seeds, as
+    summarise() computed it when the sweep ended (`axes` a list, a `sweep` column, the varied
+    keys, n_seeds, seeds "0|1|2", status, and per metric its mean, _std, _ci95, _binom95,
+    _interval and, with a floor, _gain and _gain_ci95); `.to_dict("records")` gives summarise's rows.
+
+    name_or_csv: a sweep name (runs_root/<name>/summary.csv), its folder, or its results.csv or
+    summary.csv path. Raises FileNotFoundError naming the path when the sweep has not been run."""
+    path = results_path(name_or_csv, runs_root).with_name(SUMMARY_CSV)
+    return _read_table(path, ("point", "axes", "seeds", "status", "error"))
+
+
+def _read_table(path: Path, text_columns: tuple):
     import pandas as pd
 
-    path = results_path(name_or_csv, runs_root)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep results (run `selfsup sweep` first)")
-    text_columns = ("point", "axes", "status", "config_hash", "run_dir", "error")  # seed: a number
     df = pd.read_csv(path, dtype={c: str for c in text_columns})
     for c in text_columns:
         df[c] = df[c].fillna("")
@@ -242,8 +264,9 @@ def find_results(runs_root: str | Path = "runs") -> list[Path]:
     return sorted(Path(runs_root).glob(f"*/{RESULTS}"))
 
 
-def collect_results(runs_root: str | Path = "runs", sweeps=None, ignore=("compare_*",)):
-    """Several sweeps' tables in one DataFrame (a `sweep` column tells them apart).
+def collect_results(runs_root: str | Path = "runs", sweeps=None, ignore=("compare_*",), summary: bool = False):
+    """Several sweeps' tables in one DataFrame (a `sweep` column tells them apart): results.csv's
+    rows (one per run), or with `summary` summary.csv's (one per point, read_summary).
 
     sweeps: names / folders / CSV paths; None = every runs_root/*/results.csv whose sweep name
     matches none of the `ignore` globs (the method comparisons by default). Sweeps named
@@ -259,7 +282,8 @@ def collect_results(runs_root: str | Path = "runs", sweeps=None, ignore=("compar
     else:
         names = [sweeps] if isinstance(sweeps, (str, Path)) else list(sweeps)
         paths = [results_path(s, runs_root) for s in names]
-    frames = [load_results(p) for p in paths if p.is_file()]
+    read = read_summary if summary else load_results
+    frames = [read(p) for p in paths if p.is_file() and (not summary or p.with_name(SUMMARY_CSV).is_file())]
     if not frames:
         return pd.DataFrame(columns=["point", "axes", "sweep", *RESULT_COLUMNS])
     return pd.concat(frames, ignore_index=True)

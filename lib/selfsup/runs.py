@@ -12,7 +12,6 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
     eval.json             the evaluation (selfsup.evaluate), with the config and data it evaluated
     features.npz          val / OOD backbone features of the evaluation (figures, explorer)
     tsne.npz              the t-SNE of those features, keyed by their bytes
-    summary.json          headline numbers recorded by the training notebook
     error.txt             why a sweep point failed
 
 Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
@@ -49,9 +48,11 @@ ENCODER = "encoder.safetensors"
 EVAL = "eval.json"
 FEATURES = "features.npz"
 TSNE = "tsne.npz"
-SUMMARY = "summary.json"
 ERROR = "error.txt"
 LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
+# Every name a run writes into its folder (and their temporaries, NAME.tmp, features.tmp.npz and
+# tsne.tmp.npz): a folder holding anything else is not a run, and nothing may clear it.
+RUN_FILES = (CONFIG, RUN_INFO, METRICS, CHECKPOINT, ENCODER, EVAL, FEATURES, TSNE, ERROR, LOCK)
 
 
 class RunError(RuntimeError):
@@ -66,12 +67,19 @@ def write_json(path, obj, indent: int | None = 2) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path) -> dict:
-    """A JSON file's object as a dict; {} when it is missing, unreadable or not an object."""
+def read_json(path, strict: bool = False) -> dict:
+    """A JSON file's object as a dict; {} when it is missing, unreadable or not an object. strict:
+    {} only when missing; a file that is there but unreadable is a one-line RunError naming it."""
     try:
         d = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as e:
+        if strict:
+            raise RunError(f"{path}: not valid JSON ({first_line(e)}); move or delete it (or its folder)") from None
+        return {}
+    if strict and not isinstance(d, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(d).__name__}; move or delete it (or its folder)")
     return d if isinstance(d, dict) else {}
 
 
@@ -119,9 +127,17 @@ def git_state(source=__file__) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException, named: bool = False) -> str:
+    """The first line of an exception's message, for a one-line error (its type's name when it has
+    no message; named: always led by the type's name, "OSError: ...")."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # no terminal colour codes in a message
-    return text.splitlines()[0] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if named else text.splitlines()[0]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- the checkpoint's schema: what a training state holds, written and read here alone -------
@@ -187,9 +203,9 @@ class Run:
 
     # --- state -------------------------------------------------------------------------------
 
-    def info(self) -> dict:
-        """run.json ({} when missing)."""
-        return read_json(self.file(RUN_INFO))
+    def info(self, strict: bool = False) -> dict:
+        """run.json ({} when missing; strict: a RunError naming it when it is there but unreadable)."""
+        return read_json(self.file(RUN_INFO), strict)
 
     def write_info(self, info: dict) -> None:
         write_json(self.file(RUN_INFO), info)
@@ -203,6 +219,14 @@ class Run:
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())
+
+    def foreign(self, *also: str) -> list[str]:
+        """The names in the folder that a run does not write (RUN_FILES, their temporaries, and
+        `also`: the executed notebook of a sweep point), sorted: what makes it not (only) a run."""
+        own = {*RUN_FILES, *also, "features.tmp.npz", "tsne.tmp.npz"}
+        return sorted(
+            f.name for f in self.path.iterdir() if not (f.is_file() and own & {f.name, f.name.removesuffix(".tmp")})
+        )
 
     def require_finished(self) -> dict:
         """run.json of a finished run; RunError naming the folder otherwise."""
@@ -252,7 +276,7 @@ class Run:
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({_first_line(e)})") from None
+            raise ConfigError(f"{path}: not valid JSON ({first_line(e)})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a JSON object of config keys")
         return from_dict(d, str(path))
@@ -295,7 +319,7 @@ class Run:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise RunError(
-                f"{path}: could not write the checkpoint ({_first_line(e)}); the previous checkpoint is kept"
+                f"{path}: could not write the checkpoint ({first_line(e)}); the previous checkpoint is kept"
             ) from None
 
     def load_checkpoint(self) -> dict:
@@ -312,7 +336,7 @@ class Run:
                 "plain data, which selfsup never loads: a crafted or foreign file)"
             ) from None
         except Exception as e:  # noqa: BLE001 - truncated file, not a zip archive, ...
-            raise RunError(f"{path}: not a readable selfsup checkpoint ({_first_line(e)})") from None
+            raise RunError(f"{path}: not a readable selfsup checkpoint ({first_line(e)})") from None
         if not isinstance(state, dict) or not {"model", "epoch", "config_hash"} <= set(state):
             raise RunError(f"{path}: not a selfsup checkpoint (expected model, epoch and config_hash)")
         return state
@@ -353,12 +377,12 @@ class Run:
         try:
             tensors = load_file(str(enc_path))
         except (OSError, SafetensorError) as e:
-            raise RunError(f"{enc_path}: not a readable safetensors file ({_first_line(e)})") from None
+            raise RunError(f"{enc_path}: not a readable safetensors file ({first_line(e)})") from None
         try:
             model.encoder.load_state_dict(tensors)
         except RuntimeError as e:
             raise RunError(
-                f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json ({_first_line(e)})"
+                f"{enc_path}: does not fit the {cfg.backbone} encoder of config.json ({first_line(e)})"
             ) from None
         model.projector_trained = False
         if self.has_checkpoint():
@@ -425,10 +449,7 @@ class Run:
         np.savez(tmp, key=np.array(key), **embeddings)
         os.replace(tmp, self.file(TSNE))
 
-    # --- records of notebooks and sweeps ----------------------------------------------------
-
-    def write_summary(self, summary: dict) -> None:
-        write_json(self.file(SUMMARY), summary)
+    # --- records of sweeps --------------------------------------------------------------------
 
     def error(self) -> str:
         """The first line of error.txt ('' when there is none)."""
@@ -450,11 +471,21 @@ class Run:
 
     def headline(self) -> dict:
         """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes
-        of the sets it scored (n_val, n_ood, n_select: what a single run's binomial interval needs)."""
+        of the sets it scored (n_val, n_ood, n_select: what a single run's binomial interval needs).
+        A file holding what selfsup does not write there (hand-edited, foreign) is a one-line
+        RunError naming it and what is wrong."""
         info, metrics, ev = self.info(), self.metrics(), self.eval()
-        sizes = {
-            f"n_{s}": (ev.get("trained", {}).get(s) or {}).get("n_test", float("nan")) for s in ("val", "ood", "select")
-        }
+        trained, summary = ev.get("trained", {}), ev.get("summary", {})
+        splits = ("val", "ood", "select")
+        if not isinstance(trained, dict) or not all(isinstance(trained.get(s), dict | None) for s in splits):
+            raise RunError(f"{self.file(EVAL)}: 'trained' is not an object of splits, as selfsup.evaluate writes it")
+        sizes = {f"n_{s}": (trained.get(s) or {}).get("n_test", float("nan")) for s in splits}
+        if not isinstance(summary, dict) or not all(_number(v) for v in (*summary.values(), *sizes.values())):
+            raise RunError(f"{self.file(EVAL)}: 'summary' or a split's 'n_test' is not a number")
+        if metrics and not _number(metrics[-1].get("train_loss")):
+            raise RunError(f"{self.file(METRICS)}: its last row has no number 'train_loss'")
+        if not _number(info.get("wall_clock_s", 0.0)):
+            raise RunError(f"{self.file(RUN_INFO)}: 'wall_clock_s' is not a number")
         return dict(
             status=info.get("status", "missing"),
             epochs=len(metrics),
@@ -462,5 +493,5 @@ class Run:
             wall_clock_s=info.get("wall_clock_s", float("nan")),
             config_hash=info.get("config_hash", ""),
             **sizes,
-            **ev.get("summary", {}),
+            **summary,
         )

@@ -17,7 +17,7 @@ normally the repository root):
       - {method: byol, lr: 0.001}
     seeds: 3                          # each point trained with seeds 0, 1, 2 (or a list [0, 5, 7]);
                                       # default: the preset's `seeds`, else one run at its `seed`
-    parameters: {}                    # extra papermill parameters for the notebook (optional)
+    parameters: {}                    # extra papermill parameters the notebook declares (optional)
 
 The points are the union of the three lists; points that resolve to the same config (say
 `temperature: 0.1` in `axes` when the base already has 0.1) run once and belong to every axis
@@ -26,33 +26,34 @@ they came from (the `axes` column of the table). Each point runs in `runs/<name>
 executed notebook and, when it failed, `error.txt`; with seeds, each seed of a point is its own
 run in `runs/<name>/<slug>/seed-<s>/`, resumed and retried on its own.
 
+Each point's notebook gets its resolved config once (the `settings` parameter); the notebook
+trains and evaluates it with selfsup.pipeline.run, and its results are read back from its run
+folder into results.csv (one row per run) and summary.csv (one row per point over its seeds).
+
 Resuming: a point is done when its run.json says "finished" with the point's config hash
 (and eval.json exists when `evaluate` is on); an unfinished run of the same config continues
-from its checkpoint; an unfinished run of another config is cleared and run again; a finished
-run of another config is never deleted: the sweep stops with an error naming the folder.
+from its checkpoint; an unfinished run of another config is cleared and run again. Nothing else
+is ever deleted: a finished run of another config or data, an unreadable run.json, a folder with
+files a run does not write, or a point reached through a symbolic link stops the sweep with an
+error naming the folder; the sweep's folder is a plain name inside the runs root.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import multiprocessing
-import os
 import re
 import shutil
 import sys
-import time
-import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
+from . import config, launch
 from .config import ConfigError
 from .data import fingerprint, load_dataset
-from .results import RESULT_COLUMNS, RESULTS, run_summary, write_results
+from .results import RESULTS, run_summary, write_results
 from .runs import Run, RunError, write_json
-from .workbook import execute_notebook
+from .workbook import check_parameters
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
 SWEEP_KEYS = (
@@ -73,6 +74,8 @@ SWEEP_KEYS = (
 # Their axes, values and titles are read from the files (course_axes), the one source.
 COURSE_SWEEPS = ("temperature", "optimizer", "lr", "batch", "backbone", "epochs")
 DEFINITION = "sweep.json"
+# The notebook parameters the sweep sets for every point (a sweep file's `parameters` may not).
+RESERVED = ("root", "preset", "overrides", "settings", "data_dir", "run_dir", "evaluate", "resume")
 
 
 def course_axes(root=".") -> dict[str, dict]:
@@ -117,6 +120,7 @@ class Sweep:
     points: list[Point]
     keys: list[str]  # the varied config keys, in first-seen order: the table's parameter columns
     source: str
+    root: Path  # runs/<name>: the sweep's folder
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,23 +198,18 @@ def _with_seeds(points: list[Point], seeds: list[int] | None) -> list[Point]:
     """Each point once per seed, in its own folder <slug>/seed-<s> (None: the points as they are)."""
     if seeds is None:
         return points
-    out = []
-    for p in points:
-        for s in seeds:
-            cfg = p.cfg.replace(seed=s) if p.cfg is not None else None
-            out.append(
-                Point(
-                    overrides={**p.overrides, "seed": s},
-                    axes=p.axes,
-                    slug=f"{p.slug}/seed-{s}",
-                    cfg=cfg,
-                    error=p.error,
-                    run_dir=p.run_dir / f"seed-{s}",
-                    point=p.slug,
-                    seed=s,
-                )
-            )
-    return out
+    return [
+        dataclasses.replace(
+            p,
+            overrides={**p.overrides, "seed": s},
+            slug=f"{p.slug}/seed-{s}",
+            cfg=p.cfg.replace(seed=s) if p.cfg is not None else None,
+            run_dir=p.run_dir / f"seed-{s}",
+            seed=s,
+        )
+        for p in points
+        for s in seeds
+    ]
 
 
 def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_root: str | Path = "runs") -> Sweep:
@@ -231,8 +230,10 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
             raise ConfigError(f"{source}: unknown sweep key {key!r} (known: {', '.join(SWEEP_KEYS)})")
 
     name = str(spec.get("name") or stem)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ConfigError(f"{source}: key 'name' must be a folder name (letters, digits, . _ -), got {name!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or not name.strip("."):
+        raise ConfigError(
+            f"{source}: key 'name' must be a folder name (letters, digits, . _ -; not . or ..), got {name!r}"
+        )
     if not spec.get("preset"):
         raise ConfigError(f"{source}: key 'preset' is required (a config preset, e.g. configs/demo.yaml)")
     preset = Path(spec["preset"])
@@ -250,11 +251,11 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     fixed = _mapping(spec, "overrides", source)
     _check_keys(fixed, "overrides", source)
     parameters = _mapping(spec, "parameters", source)
-    reserved = {"root", "config", "data", "run_dir", "overrides", "evaluate", "resume"}
-    if reserved & set(parameters):
+    if set(RESERVED) & set(parameters):
         raise ConfigError(
-            f"{source}: key 'parameters' may not set {sorted(reserved & set(parameters))} (the sweep sets them)"
+            f"{source}: key 'parameters' may not set {sorted(set(RESERVED) & set(parameters))} (the sweep sets them)"
         )
+    check_parameters(notebook, list(parameters), f"{source}: key 'parameters'")
     try:  # a bad fixed override fails the whole sweep: every point needs it
         config.load(preset, fixed)
     except ConfigError as e:
@@ -276,7 +277,8 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     if not candidates:
         raise ConfigError(f"{source}: no points: give at least one of 'grid', 'axes' or 'points'")
 
-    out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
+    root = Path(runs_root) / name
+    out, keys = _resolve(candidates, preset, fixed, root)
     seeds = config.parse_seeds(spec["seeds"], source) if "seeds" in spec else config.preset_seeds(preset)
     out = _with_seeds(out, seeds)
     return Sweep(
@@ -290,191 +292,128 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         points=out,
         keys=keys,
         source=source,
+        root=root,
     )
 
 
 # --------------------------------------------------------------------------------------------
-# Run-folder states
+# Point folders: a sweep stays inside its runs root and clears only what it can tell is its own
 
 
-def point_state(run_dir: Path, cfg_hash: str, evaluate: bool = True, data_id: str | None = None) -> str:
+def _check_inside(path: Path, parent: Path, what: str) -> None:
+    """RunError unless `path` (built as parent / names) is a folder inside parent, not reached
+    through a symbolic link: a link would let the sweep write into, or clear, someone else's folder."""
+    if path.resolve() != parent.resolve() / path.relative_to(parent):
+        raise RunError(
+            f"{path}: is a symbolic link or below one (to {path.resolve()}); {what} must be a folder "
+            f"inside {parent}: remove the link"
+        )
+
+
+def point_state(
+    run_dir: Path,
+    cfg_hash: str,
+    evaluate: bool = True,
+    data_id: str | None = None,
+    notebook: str = Path(DEFAULT_NOTEBOOK).name,
+) -> str:
     """What to do with a point's folder: "done", "resume" (same config and data, unfinished or not
-    yet evaluated), "fresh" (empty or cleared). Clears a folder that holds an unfinished run of
-    another config or data, or no run at all; raises RunError for a finished run of another config
-    or trained on other data (data_id: `selfsup.data.fingerprint` of the train split)."""
+    yet evaluated) or "fresh" (empty, or cleared). A folder is cleared only when it holds nothing
+    but an unfinished run of another config or data, or a failed start (run files and the executed
+    `notebook`'s file name). RunError naming the folder for a finished run of another config or
+    trained on other data (data_id: `selfsup.data.fingerprint` of the train split), an unreadable
+    run.json, or files a run does not write: never deleted."""
     run = Run(run_dir)
     if run.is_empty():
         return "fresh"
-    info = run.info()
+    info = run.info(strict=True)
+    finished = info.get("status") == "finished"
     if data_id and info.get("data_fingerprint") not in (None, data_id):
-        if info.get("status") == "finished":
+        if finished:
             raise RunError(
                 f"{run_dir}: holds a finished run trained on other data (fingerprint "
                 f"{info['data_fingerprint']}, now {data_id}); move or delete that folder"
             )
-        shutil.rmtree(run_dir)
-        return "fresh"
-    if info.get("config_hash") == cfg_hash:
-        if info.get("status") == "finished":
-            if evaluate and not run.eval_current(cfg_hash):
-                return "resume"  # trained, not evaluated: train(resume=True) returns at once
-            return "done"
+    elif info.get("config_hash") == cfg_hash:
+        if finished:  # trained, not evaluated: "resume" (training returns at once, then it is evaluated)
+            return "resume" if evaluate and not run.eval_current(cfg_hash) else "done"
         if run.has_checkpoint():
             return "resume"
-    elif info.get("status") == "finished":
+    elif finished:
         raise RunError(
             f"{run_dir}: holds a finished run of another config (hash {info.get('config_hash')}, "
             f"this point {cfg_hash}); move or delete that folder, or give the sweep another name"
         )
-    # An unfinished run of another config, or a failed start: nothing worth keeping.
-    shutil.rmtree(run_dir)
+    foreign = run.foreign(notebook)
+    if foreign:
+        raise RunError(
+            f"{run_dir}: holds {', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}, which a run "
+            "does not write, so it is not cleared; move that folder away, or give the sweep another name"
+        )
+    shutil.rmtree(run_dir)  # an unfinished run of another config or data, or a failed start
     return "fresh"
 
 
 # --------------------------------------------------------------------------------------------
-# Executing points
+# Running a sweep: the points' states, their executions (selfsup.launch), the tables
 
 
-def _execute_point(task: dict) -> dict:
-    """Run one point (in this process or a pool worker). Returns its outcome; never raises for a
-    failing notebook (the error goes to error.txt and the outcome)."""
-    run = Run(task["run_dir"])
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.clear_error()
-    t0 = time.perf_counter()
-    try:
-        execute_notebook(task["notebook"], run.file(Path(task["notebook"]).name), task["parameters"], cwd=task["cwd"])
-        return dict(slug=task["slug"], ok=True, seconds=time.perf_counter() - t0)
-    except Exception as e:  # noqa: BLE001 - a failing point is recorded; the sweep goes on
-        message = _error_text(e)
-        run.write_error(message)
-        return dict(
-            slug=task["slug"],
-            ok=False,
-            error=message.splitlines()[0] if message else type(e).__name__,
-            seconds=time.perf_counter() - t0,
-        )
+def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> list[dict]:
+    """Execute the sweep `file` (YAML path, dict or a loaded Sweep, see the module docstring):
+    write runs/<name>/results.csv and summary.csv and return results.csv's rows (one per point
+    and seed). Finished points are skipped; failing points are recorded and the others still run.
+    jobs: points in parallel (default: one per visible GPU, else 1); with several GPUs each
+    worker sees one (CUDA_VISIBLE_DEVICES)."""
+    sweep = file if isinstance(file, Sweep) else load_sweep(file, data=data, runs_root=runs_root)
+    _check_inside(sweep.root, sweep.root.parent, "a sweep")
+    with Run(sweep.root).lock("sweep folder"):  # one sweep at a time per folder: a second one is refused
+        return _run_sweep(sweep, jobs, progress)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _error_text(e: Exception) -> str:
-    """The cell error's name, value and traceback (papermill), else the Python traceback."""
-    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
-    if ename:
-        tb = "\n".join(getattr(e, "traceback", []) or [])
-        return _ANSI.sub("", f"{ename}: {evalue}\n\n{tb}").strip()
-    return "".join(traceback.format_exception(e)).strip()
-
-
-def _init_worker(gpu_queue, threads: int | None) -> None:
-    """Pool worker setup: pin one GPU per worker (the kernel it starts inherits the environment),
-    or split the CPU cores between workers so kernels do not oversubscribe them."""
-    if gpu_queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
-
-
-def visible_gpus() -> list[str]:
-    """The GPU ids this process may use (CUDA_VISIBLE_DEVICES order), [] without CUDA."""
-    try:
-        import torch
-
-        n = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable torch/CUDA means no GPUs
-        return []
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [s.strip() for s in env.split(",") if s.strip()] if env else [str(i) for i in range(n)]
-    return ids[:n]
-
-
-def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Path:
-    """Execute the sweep `file` (YAML path or dict, see the module docstring); returns the path of
-    runs/<name>/results.csv (one row per point). Finished points are skipped; failing points are
-    recorded and the others still run. jobs: points in parallel (default: one per visible GPU,
-    else 1); with several GPUs each worker sees one (CUDA_VISIBLE_DEVICES)."""
-    sweep = load_sweep(file, data=data, runs_root=runs_root)
-    root = Path(runs_root) / sweep.name
-    with Run(root).lock("sweep folder"):  # one sweep at a time per folder: a second one is refused
-        return _run_sweep(sweep, root, jobs, progress)
-
-
-def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
-    _write_definition(sweep, root)
-
-    _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {root}")
-    data_id = fingerprint(load_dataset(sweep.data).train)
+def _run_sweep(sweep: Sweep, jobs, progress: bool) -> list[dict]:
+    _write_definition(sweep)
+    _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {sweep.root}")
+    for p in sweep.points:
+        _check_inside(p.run_dir, sweep.root, "a sweep point")
+    # The data a run was trained on is checked only when a point folder holds something: a fresh
+    # sweep loads its dataset once per point (in the notebook), not here.
+    held = any(not Run(p.run_dir).is_empty() for p in sweep.points if p.cfg is not None)
+    data_id = fingerprint(load_dataset(sweep.data).train) if held else None
     tasks = []
     for p in sweep.points:
         if p.cfg is None:  # invalid values: record, do not run
             Run(p.run_dir).write_error(p.error)
             _log(progress, f"[{sweep.name}] {p.slug}: invalid ({p.error})")
             continue
-        state = point_state(p.run_dir, p.cfg.hash(), sweep.evaluate, data_id)
+        state = point_state(p.run_dir, p.cfg.hash(), sweep.evaluate, data_id, sweep.notebook.name)
         if state == "done":
             _log(progress, f"[{sweep.name}] {p.slug}: finished earlier, skipped")
             continue
-        # progress off by default: nobody watches a sweep point's kernel (a sweep file may turn it on
-        # to keep the bar in each executed notebook)
-        params = {"progress": False, **sweep.parameters}
-        params.update(
-            root=str(Path.cwd().resolve()),
-            config=str(sweep.preset.resolve()),
-            data=str(sweep.data.resolve()),
-            run_dir=str(p.run_dir.resolve()),
-            overrides={**sweep.overrides, **p.overrides},
-            evaluate=sweep.evaluate,
-            resume=state == "resume",
-        )
-        tasks.append(
-            dict(
-                slug=p.slug,
-                run_dir=str(p.run_dir),
-                notebook=str(sweep.notebook.resolve()),
-                parameters=params,
-                cwd=str(Path.cwd().resolve()),
-                state=state,
-            )
-        )
-
-    gpus = visible_gpus() if tasks else []
-    if jobs is None:
-        jobs = max(1, len(gpus))
-    jobs = max(1, min(int(jobs), len(tasks) or 1))
-    outcomes = {}
-    _log(progress, f"[{sweep.name}] {len(tasks)} to run, {jobs} at a time")
-    if jobs == 1:
-        for t in tasks:
-            _log(progress, f"[{sweep.name}] {t['slug']}: {'resuming' if t['state'] == 'resume' else 'running'} ...")
-            outcomes[t["slug"]] = out = _execute_point(t)
-            _report_outcome(progress, sweep.name, out)
-    else:
-        _log(progress, f"[{sweep.name}] running {', '.join(t['slug'] for t in tasks)}")
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA state
-        gpu_queue = manager = None
-        if len(gpus) > 1:
-            manager = ctx.Manager()  # kept referenced: the queue dies with its manager
-            gpu_queue = manager.Queue()
-            for i in range(jobs):
-                gpu_queue.put(gpus[i % len(gpus)])
-        threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue, threads)) as pool:
-            futures = [pool.submit(_execute_point, t) for t in tasks]
-            for fut in as_completed(futures):
-                out = fut.result()
-                outcomes[out["slug"]] = out
-                _report_outcome(progress, sweep.name, out)
-        if manager is not None:
-            manager.shutdown()
-
-    rows = [result_row(p, sweep, outcomes.get(p.slug)) for p in sweep.points]
-    table = write_results(rows, sweep.keys, root / RESULTS)  # + summary.csv: one row per point
+        tasks.append(dict(slug=p.slug, run_dir=str(p.run_dir), state=state, **_execution(sweep, p, state)))
+    outcomes = launch.run_points(tasks, jobs, lambda message: _log(progress, f"[{sweep.name}] {message}"))
+    rows = [_row(p, sweep, outcomes.get(p.slug)) for p in sweep.points]
+    write_results(rows, sweep.keys, sweep.root / RESULTS)  # and summary.csv: one row per point
     failed = sum(r["status"] != "finished" for r in rows)
-    _log(progress, f"[{sweep.name}] results: {table} ({len(rows) - failed} finished, {failed} failed)")
-    return table
+    _log(progress, f"[{sweep.name}] results: {sweep.root / RESULTS} ({len(rows) - failed} finished, {failed} failed)")
+    return rows
+
+
+def _execution(sweep: Sweep, p: Point, state: str) -> dict:
+    """How a point's notebook is executed: its papermill parameters (the resolved config, given
+    once: the notebook does not resolve it again) and where."""
+    cwd = str(Path.cwd().resolve())
+    # progress off by default: nobody watches a sweep point's kernel (a sweep file may turn it on
+    # to keep the bar in each executed notebook)
+    parameters = {"progress": False, **sweep.parameters}
+    parameters.update(
+        root=cwd,
+        settings=p.cfg.to_dict(),
+        data_dir=str(sweep.data.resolve()),
+        run_dir=str(p.run_dir.resolve()),
+        evaluate=sweep.evaluate,
+        resume=state == "resume",
+    )
+    return dict(notebook=str(sweep.notebook.resolve()), parameters=parameters, cwd=cwd)
 
 
 def _log(progress: bool, message: str) -> None:
@@ -482,61 +421,39 @@ def _log(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _report_outcome(progress: bool, name: str, out: dict) -> None:
-    if out["ok"]:
-        _log(progress, f"[{name}] {out['slug']}: finished in {out['seconds']:.0f}s")
-    else:
-        _log(progress, f"[{name}] {out['slug']}: FAILED after {out['seconds']:.0f}s: {out['error']}")
-
-
-def _write_definition(sweep: Sweep, root: Path) -> None:
+def _write_definition(sweep: Sweep) -> None:
     """runs/<name>/sweep.json: the resolved sweep, so the results folder describes itself."""
-    d = dict(
-        name=sweep.name,
-        source=sweep.source,
-        notebook=str(sweep.notebook),
-        preset=str(sweep.preset),
-        data=str(sweep.data),
-        evaluate=sweep.evaluate,
-        overrides=sweep.overrides,
-        keys=sweep.keys,
-        points=[
-            dict(
-                slug=p.slug,
-                point=p.point,
-                seed=p.seed,
-                overrides=p.overrides,
-                axes=p.axes,
-                config_hash=p.cfg.hash() if p.cfg else None,
-            )
-            for p in sweep.points
-        ],
-    )
-    write_json(root / DEFINITION, d)
+    fields = ("name", "source", "notebook", "preset", "data", "evaluate", "overrides", "keys")
+    points = [
+        dict(
+            slug=p.slug,
+            point=p.point,
+            seed=p.seed,
+            overrides=p.overrides,
+            axes=p.axes,
+            config_hash=p.cfg.hash() if p.cfg else None,
+        )
+        for p in sweep.points
+    ]
+    write_json(sweep.root / DEFINITION, {**{f: getattr(sweep, f) for f in fields}, "points": points})
 
 
-# --------------------------------------------------------------------------------------------
-# Results
-
-
-def result_row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
+def _row(p: Point, sweep: Sweep, outcome: dict | None) -> dict:
+    """The point's row of results.csv: its name, seed, axes, varied keys, and the run folder's
+    headline (results.run_summary: read from the folder once), status and error."""
+    resolved = p.cfg.to_dict() if p.cfg else {**sweep.overrides, **p.overrides}
     row = {
         "point": p.point or p.slug,
-        "seed": p.seed if p.seed is not None else (p.cfg.seed if p.cfg else ""),
+        "seed": p.seed if p.seed is not None else resolved.get("seed", ""),
         "axes": "|".join(p.axes),
+        **{k: resolved.get(k, "") for k in sweep.keys},
+        **run_summary(p.run_dir),
+        "run_dir": str(p.run_dir),
     }
-    resolved = p.cfg.to_dict() if p.cfg else {**sweep.overrides, **p.overrides}
-    for k in sweep.keys:
-        row[k] = resolved.get(k, "")
-    summary = run_summary(p.run_dir)
-    row.update({k: summary[k] for k in RESULT_COLUMNS if k in summary})
-    row["run_dir"] = str(p.run_dir)
     run = Run(p.run_dir)
     if p.cfg is None:
         row["status"] = "invalid"
     elif run.has_error():
         row["status"] = "failed"
-    row["error"] = run.error()
-    if outcome and outcome.get("ok") is False and not row["error"]:
-        row["error"] = outcome.get("error", "")
+    row["error"] = run.error() or row["error"] or (outcome or {}).get("error", "")
     return row

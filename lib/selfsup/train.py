@@ -31,7 +31,7 @@ from .features import extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
 from .optim import make_optimizer, warmup_cosine
-from .runs import CHECKPOINT, Run, RunError, environment, now, restore, training_state
+from .runs import CHECKPOINT, Run, RunError, environment, first_line, now, restore, training_state
 
 # In fp16 the GradScaler skips the optimizer step when gradients overflow (its first steps, while it
 # finds the scale); the lr schedule still advances once per step, as in PyTorch's AMP recipe, so
@@ -163,7 +163,7 @@ class Setup:
         except Exception as e:
             if self.loss_fn is self.eager_fn or not _is_compile_error(e):
                 raise
-            print(f"selfsup: torch.compile failed ({_first_line(e)}); running eagerly", file=sys.stderr)
+            print(f"selfsup: torch.compile failed ({first_line(e, named=True)}); running eagerly", file=sys.stderr)
             self.loss_fn = self.eager_fn
             return optimisation_step(self.loss_fn, self.opt, v1, v2, self.amp, self.scaler)
 
@@ -216,11 +216,6 @@ def _is_compile_error(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def configure_backends(cfg: Config, device: torch.device) -> None:
@@ -468,7 +463,7 @@ def _monitor(s: Setup, cfg, val_x, val_y, knn_x, knn_y, run, epoch) -> dict:
 def _mark_failed(run: Run, run_info: dict, e: BaseException) -> None:
     """run.json says "failed" and why; best effort (the disk may be what failed)."""
     try:
-        run.write_info({**run_info, "status": "failed", "failed": now(), "error": str(e).splitlines()[0]})
+        run.write_info({**run_info, "status": "failed", "failed": now(), "error": first_line(e)})
     except OSError:
         pass
 

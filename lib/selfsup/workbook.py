@@ -3,6 +3,7 @@ nbconvert export of the report as HTML, PDF and Markdown; and where the notebook
 repository's files.
 
     execute_notebook(nb, out, parameters)                 -> the executed copy at `out`
+    check_parameters(nb, names, where)                    -> names the notebook declares, or ConfigError
     export("notebooks/05_report.ipynb", "reports", {})    -> [report.html, report.md, report.pdf]
 
 Offline viewing: the HTML is nbconvert's "lab" template minus every script it would load from a
@@ -12,11 +13,17 @@ is lost; its CSS and its images are inlined, so report.html is one self-containe
 
 from __future__ import annotations
 
+import ast
 import copy
 import html
+import json
+import keyword
 import re
 import shutil
+import traceback
 from pathlib import Path
+
+from .config import ConfigError
 
 # nbconvert's lab template, minus the scripts it fetches from CDNs (see the module docstring).
 _OFFLINE_HTML = """{%- extends 'index.html.j2' -%}
@@ -73,6 +80,41 @@ def resolve(root: Path, path) -> Path | None:
     return p if p.is_absolute() else Path(root) / p
 
 
+def declared_parameters(notebook) -> list[str]:
+    """The names the notebook's `parameters` cell assigns, in order (papermill's parameters)."""
+    try:
+        nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+        cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        tree = ast.parse("".join(cell["source"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration, SyntaxError) as e:
+        raise ConfigError(f"{notebook}: no readable `parameters` cell ({type(e).__name__})") from None
+    targets = [t for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) for t in getattr(n, "targets", [])]
+    targets += [n.target for n in tree.body if isinstance(n, ast.AnnAssign)]
+    return [t.id for t in targets if isinstance(t, ast.Name)]
+
+
+def check_parameters(notebook, names, where: str) -> None:
+    """A one-line ConfigError, led by `where`, unless every name is a Python identifier that the
+    notebook's parameters cell declares: papermill writes the names into the code it injects, so
+    anything else would run (or silently set nothing)."""
+    declared = declared_parameters(notebook)
+    bad = [n for n in names if not (isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n))]
+    bad = bad or [n for n in names if n not in declared]
+    if bad:
+        shown = ", ".join(repr(n) if len(repr(n)) < 60 else repr(n)[:56] + "...'" for n in bad)
+        raise ConfigError(f"{where}: {shown}: not a parameter of {notebook} (its parameters: {', '.join(declared)})")
+
+
+def error_text(e: BaseException) -> str:
+    """A failed cell's error name, value and traceback (papermill), else the Python traceback;
+    its first line is the one-line error."""
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    if ename:
+        tb = "\n".join(getattr(e, "traceback", []) or [])
+        return re.sub(r"\x1b\[[0-9;]*m", "", f"{ename}: {evalue}\n\n{tb}").strip()
+    return "".join(traceback.format_exception(e)).strip()
+
+
 def execute_notebook(notebook, output, parameters: dict, cwd=None, progress: bool = False) -> None:
     """Run `notebook` top to bottom with papermill (kernel python3), writing the executed copy to
     `output`. Raises papermill's PapermillExecutionError when a cell fails."""
@@ -103,6 +145,7 @@ def export(notebook, out_dir, parameters: dict | None = None, progress: bool = T
     notebook, out_dir = Path(notebook), Path(out_dir)
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: report notebook not found")
+    check_parameters(notebook, list(parameters or {}), "selfsup report -p")
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "report.ipynb"
     # cwd = the notebook's folder: the notebook finds the repository root from there.
@@ -111,8 +154,8 @@ def export(notebook, out_dir, parameters: dict | None = None, progress: bool = T
     except Exception as e:
         if not getattr(e, "ename", None):  # not a cell's error (papermill's PapermillExecutionError)
             raise
-        first = str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ""
-        raise NotebookFailed(f"{notebook}: a cell failed: {e.ename}: {first} (executed copy: {executed})") from None
+        first = error_text(e).splitlines()[0]
+        raise NotebookFailed(f"{notebook}: a cell failed: {first} (executed copy: {executed})") from None
     nb = prepare_for_export(executed)
     paths = [write_html(nb, out_dir / "report.html"), write_markdown(nb, out_dir / "report.md")]
     missing = [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
