@@ -281,3 +281,17 @@ def _sort_key(v):
         return (0, float(v), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(v))
+
+
+def read_summary(path: str | Path):
+    """A sweep's summary.csv (one row per point over its seeds, as write_results wrote it) as a
+    pandas DataFrame; its text columns as text ("" where empty). Raises FileNotFoundError naming
+    the path when there is none."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no sweep summary (run `selfsup sweep` first)")
+    text_columns = ("point", "axes", "seeds", "status", "error")
+    df = pd.read_csv(path, dtype={c: str for c in text_columns})
+    return df.fillna({c: "" for c in text_columns if c in df.columns})
