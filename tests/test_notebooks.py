@@ -98,7 +98,9 @@ def test_notebooks_read_as_chapters(name):
     an f-string in a code cell, no module renamed to make room for a parameter; the report is
     mostly Markdown."""
     nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.tags)
+    code = "\n".join(
+        c.source for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+    )
     assert not re.search(r"^(from selfsup|import selfsup).* as ", code, flags=re.M), name
     assert [f for f in re.findall(r'\bf"([^"]*)"', code) if len(f.split()) > 2] == [], name
     if name == "05_report":

@@ -378,11 +378,11 @@ def sweep_summaries(runs_root, sweeps=None, ignore=("compare_*",)):
 
 
 def sweeps_found(summaries) -> str:
-    """'5 sweep points from 2 sweeps: `demo`, `lr`' (or 'none yet')."""
+    """'5 sweep points from 2 sweeps: `demo` and `lr`.' (or that none has been run)."""
     names = list(dict.fromkeys(summaries["sweep"]))
-    return f"{plural(len(summaries), 'sweep point')} from {plural(len(names), 'sweep')}: " + (
-        ", ".join(code(n) for n in names) or "none yet"
-    )
+    if not names:
+        return "No sweep has been run yet."
+    return f"{plural(len(summaries), 'sweep point')} from {plural(len(names), 'sweep')}: {listing(map(code, names))}."
 
 
 def show_ablations(
