@@ -19,7 +19,8 @@ SELFSUP_CHROMIUM overrides the path), driven by Playwright's Python API; no brow
 Without --run, a tiny workspace is made first (a few dozen synthetic 32x32 images, a width-4 convnet
 trained 2 epochs, evaluated without the probes); without an existing --report, its report is exported
 (`selfsup report`) and checked instead. tests/test_browser.py runs the same functions.
-Screenshots: report.png, lab_notebook.png, explorer_before.png, explorer_after.png.
+Screenshots: report.png, lab_top.png (the notebook's start), lab_notebook.png, explorer_before.png,
+explorer_after.png.
 """
 
 from __future__ import annotations
@@ -463,6 +464,10 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
             if screens:
                 page.screenshot(path=str(screens / "lab_notebook.png"))
                 panel.screenshot(path=str(screens / "explorer_before.png"))
+                # the chapter as a reader opens it: its title, prose and first results
+                page.locator(".jp-Cell").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(screens / "lab_top.png"))
+                panel.scroll_into_view_if_needed()
             # type the other image's number into the slider's readout (continuous_update=False: Enter commits)
             readout = slider.locator(".widget-readout")
             readout.click()
