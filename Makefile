@@ -52,7 +52,7 @@ JOBS ?= 1
 COMPARE_EVAL ?= {table: false}
 define EXPORT_REPORT
 @mkdir -p $(NB_OUT)
-$(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data $(DATA) -p final_run $(RUN)
+$(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data_dir $(DATA) -p final_run $(RUN)
 cp reports/report.ipynb $(NB_OUT)/05_report.ipynb
 endef
 # --log-output streams the cells' output (sweep lines, training progress) to the terminal.
@@ -62,7 +62,7 @@ demo: setup tex data  ## the whole pipeline on the demo data -> figures/Figure1-
 	@mkdir -p $(NB_OUT)
 	@echo "== [1/6] $$(date +%T) methods compared: SimCLR, BYOL, Barlow Twins, VICReg (3 seeds each) -> runs/compare_demo/"
 	$(PAPERMILL) notebooks/01_compare_methods.ipynb $(NB_OUT)/01_compare_methods.ipynb \
-		-p config configs/demo.yaml -p data $(DATA) -y 'overrides: $(COMPARE_OVERRIDES)' \
+		-p config_path configs/demo.yaml -p data_dir $(DATA) -y 'overrides: $(COMPARE_OVERRIDES)' \
 		-y 'eval_options: $(COMPARE_EVAL)' -p jobs $(JOBS)
 	@echo "== [2/6] $$(date +%T) ablation sweep $(SWEEP) (3 seeds a point) -> runs/demo/"
 	$(BIN)/selfsup sweep $(SWEEP) --data $(DATA) --jobs $(JOBS)
@@ -72,7 +72,7 @@ demo: setup tex data  ## the whole pipeline on the demo data -> figures/Figure1-
 	$(PAPERMILL) notebooks/03_train.ipynb $(NB_OUT)/03_train.ipynb \
 		-p preset configs/demo.yaml -p data_dir $(DATA) -p run_dir $(RUN) -p resume True
 	@echo "== [5/6] $$(date +%T) evaluation and Figures 1-3 -> figures/"
-	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data $(DATA)
+	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data_dir $(DATA)
 	@echo "== [6/6] $$(date +%T) report -> reports/report.{html,pdf,md}"
 	$(EXPORT_REPORT)
 	@echo "$$(date +%T) done: figures/Figure1-3.png, reports/report.html, reports/report.pdf, reports/report.md"

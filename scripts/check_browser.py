@@ -12,12 +12,15 @@ SELFSUP_CHROMIUM overrides the path), driven by Playwright's Python API; no brow
     root, throwaway config/settings/runtime folders) opens a papermill-parameterised copy of
     notebooks/04_evaluate.ipynb, runs all its cells from the Run menu, then types another image
     number into the explorer's "image #" slider: the panel's image (query with its true/predicted
-    labels, and its nearest neighbours) must change.
+    labels, and its nearest neighbours) must change. The tiny workspace names its first class
+    INJECTED_CLASS, markup that would run script if the explorer put it in as HTML: it must show as
+    text in the explorer's caption, with no dialog opened and no such <img> in the page.
 
 Without --run, a tiny workspace is made first (a few dozen synthetic 32x32 images, a width-4 convnet
 trained 2 epochs, evaluated without the probes); without an existing --report, its report is exported
 (`selfsup report`) and checked instead. tests/test_browser.py runs the same functions.
-Screenshots: report.png, lab_notebook.png, explorer_before.png, explorer_after.png.
+Screenshots: report.png, lab_top.png (the notebook's start), lab_notebook.png, explorer_before.png,
+explorer_after.png.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ TINY = dict(
     warmup_epochs=0,
     device="cpu",
 )
+# A class name that is markup: as HTML it would be an image whose failed load opens a dialog.
+INJECTED_CLASS = "<img src=x onerror=alert(1)>"
 # JupyterLab settings for the check: every cell rendered (no windowing), no news or update prompts.
 LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
@@ -111,13 +116,20 @@ def chromium():
 
 
 def tiny_workspace(root) -> dict:
-    """Data, a finished run evaluated without the probes, in root: {"root", "data", "run", "figures"}."""
+    """Data (its first class named INJECTED_CLASS), a finished run evaluated without the probes, in root:
+    {"root", "data", "run", "figures", "injected_class"}."""
     import yaml
 
     from selfsup import config, data, demo_data, evaluate, train
 
     root = Path(root)
-    ws = dict(root=root, data=root / "data", run=root / "runs" / "final", figures=root / "figures")
+    ws = dict(
+        root=root,
+        data=root / "data",
+        run=root / "runs" / "final",
+        figures=root / "figures",
+        injected_class=INJECTED_CLASS,
+    )
     demo_data.make_demo(
         ws["data"],
         seed=1,
@@ -128,6 +140,10 @@ def tiny_workspace(root) -> dict:
         ood_per_class=8,
         size=32,
     )
+    for split in ("train", "val"):
+        named = data.load_npz(ws["data"] / f"{split}.npz")
+        named.class_names = [INJECTED_CLASS, *named.class_names[1:]]
+        data.save_npz(named, ws["data"] / f"{split}.npz")
     (root / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     train.train(config.load(root / "tiny.yaml"), data.load_dataset(ws["data"]), ws["run"], progress=False)
     evaluate.evaluate_run(ws["run"], ws["data"], table=False, linear=False)
@@ -150,7 +166,7 @@ def export_report(ws: dict, out) -> Path:
         "root",
         str(REPO),
         "-p",
-        "data",
+        "data_dir",
         str(ws["data"]),
         "-p",
         "runs",
@@ -321,7 +337,7 @@ def prepare_notebook(ws: dict, workdir) -> Path:
         parameters=dict(
             root=str(REPO),
             run_dir=str(ws["run"]),
-            data=str(ws["data"]),
+            data_dir=str(ws["data"]),
             figures=str(ws["figures"]),
             n_images=4,
             tsne_classes=2,
@@ -393,7 +409,7 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
     other, predicted = pick_other_image(ws)
     screens = Path(screens) if screens else None
     seen = dict(notebook=str(nb), other_image=other, predicted=predicted)
-    blocked, t0 = [], time.monotonic()
+    blocked, dialogs, t0 = [], [], time.monotonic()
     with jupyter_lab(workdir) as (base, token):
         seen["lab_up_s"] = round(time.monotonic() - t0, 1)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -408,6 +424,7 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
                     r.abort()
 
             page.route("**/*", route)
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(f"{base}/lab/tree/{nb.name}?token={token}", timeout=60_000)
             page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
             try:
@@ -442,9 +459,15 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(timeout=60_000)
             panel.scroll_into_view_if_needed()
             before = dict(images=_image_digest(panel), text=panel.inner_text())
+            # markup in the data shown as markup would be an <img src="x"> in the page
+            injected_tags = page.locator('img[src="x"]').count()
             if screens:
                 page.screenshot(path=str(screens / "lab_notebook.png"))
                 panel.screenshot(path=str(screens / "explorer_before.png"))
+                # the chapter as a reader opens it: its title, prose and first results
+                page.locator(".jp-Cell").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(screens / "lab_top.png"))
+                panel.scroll_into_view_if_needed()
             # type the other image's number into the slider's readout (continuous_update=False: Enter commits)
             readout = slider.locator(".widget-readout")
             readout.click()
@@ -464,7 +487,14 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
                 panel.screenshot(path=str(screens / "explorer_after.png"))
         finally:
             context.close()
-    seen.update(before=before, after=after, blocked=blocked, total_s=round(time.monotonic() - t0, 1))
+    seen.update(
+        before=before,
+        after=after,
+        blocked=blocked,
+        dialogs=dialogs,
+        injected_tags=injected_tags,
+        total_s=round(time.monotonic() - t0, 1),
+    )
     problems = []
     if after["readout"] != str(other):
         problems.append(f"slider shows {after['readout']!r}, not {other}")
@@ -474,6 +504,11 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
         problems.append("the prediction text did not change")
     if blocked:
         problems.append(f"{len(blocked)} request(s) outside JupyterLab: {blocked[:5]}")
+    injected = ws.get("injected_class")
+    if injected and injected not in before["text"]:
+        problems.append(f"the class named {injected!r} is not shown as text in the caption: {before['text'][:300]!r}")
+    if dialogs or injected_tags:
+        problems.append(f"markup from class names ran: {injected_tags} <img src=x> in the page, dialogs {dialogs}")
     if problems:
         raise CheckFailed("explorer: " + "; ".join(problems))
     return seen

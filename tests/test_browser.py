@@ -64,7 +64,10 @@ def test_explorer_in_jupyterlab(browser, ws, tmp_path):
     assert seen["after"]["readout"] == str(seen["other_image"])
     assert seen["after"]["images"] != seen["before"]["images"]  # the query (true / predicted label) and neighbours
     assert seen["blocked"] == []
-    for name in ("lab_notebook.png", "explorer_before.png", "explorer_after.png"):
+    # the first class is named with markup (check_browser.INJECTED_CLASS): text in the caption, never run
+    assert check_browser.INJECTED_CLASS in seen["before"]["text"]
+    assert seen["dialogs"] == [] and seen["injected_tags"] == 0
+    for name in ("lab_top.png", "lab_notebook.png", "explorer_before.png", "explorer_after.png"):
         assert (screens / name).stat().st_size > 5_000, name
 
 

@@ -126,7 +126,7 @@ def test_malicious_checkpoint_never_runs_on_resume_eval_sweep_or_report(tiny, tm
             "root",
             REPO,
             "-p",
-            "data",
+            "data_dir",
             tiny["data"],
             "-p",
             "final_run",

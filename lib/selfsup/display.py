@@ -8,10 +8,39 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 from .config import METHOD_SETTINGS, Config
 from .methods import REGISTRY
+
+# Characters that mean something in Markdown, in the HTML it may hold, or in the LaTeX pandoc passes
+# through for the PDF: written as entities (`<` `>` `&`: never a tag, not even for nbconvert's
+# citation2latex, which reads tags before Markdown is parsed; a backslash and `$`: never LaTeX or math),
+# the rest backslash-escaped, which CommonMark (JupyterLab, nbconvert's mistune) and pandoc all read.
+_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\\": "&#92;", "$": "&#36;"}
+_SPECIAL = re.compile(r"[<>&\\$`*_\[\]|~^#!{}]")
+
+
+def text(value) -> str:
+    """A value from results or run folders (a name, a path, an error message) as Markdown that shows
+    it as the text it is, in JupyterLab and in the HTML, Markdown and PDF exports: no tag, link,
+    emphasis, math or raw LaTeX can come from it, and it stays on one line. The report's own
+    wording is written as Markdown; everything read from files goes through this (or `code`)."""
+    flat = " ".join(str(value).split())  # a newline could start a new Markdown block
+    return _SPECIAL.sub(lambda m: _ENTITIES.get(m[0], "\\" + m[0]), flat)
+
+
+def code(value) -> str:
+    """A value as inline code (a path, a sweep name, a hash): a code span fenced by more backticks
+    than the value holds, which every renderer shows verbatim. A value with <, > or & is written
+    as `text` instead: nbconvert's PDF path reads tags inside code spans too."""
+    flat = " ".join(str(value).split())
+    if not flat or re.search(r"[<>&]", flat):
+        return text(flat)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    pad = " " if flat[0] == "`" or flat[-1] == "`" else ""
+    return f"{fence}{pad}{flat}{pad}{fence}"
 
 
 def is_missing(x) -> bool:
@@ -60,11 +89,12 @@ def markdown_table(rows, columns) -> str:
     """A Markdown table (renders in JupyterLab, HTML, PDF and Markdown exports alike).
 
     rows: list of dicts (or a DataFrame); columns: list of (key, header[, formatter]) where the
-    formatter turns a value into text (default: fmt)."""
+    formatter turns a value into text (default: fmt). Cells and headers are text, escaped (`text`):
+    a table shows what the results hold, never markup from them."""
     if hasattr(rows, "to_dict"):
         rows = rows.to_dict("records")
     cols = [(c[0], c[1], c[2] if len(c) > 2 else fmt) for c in columns]
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = text
     cells = [[esc(f(r.get(k))) for k, _, f in cols] for r in rows]
     # The separator's dashes set the column widths when pandoc (the PDF export) wraps a wide table:
     # each column gets room for its longest cell and its header's longest word, so words stay whole.
@@ -76,14 +106,22 @@ def markdown_table(rows, columns) -> str:
     return "\n".join(lines)
 
 
+def settings_read(cfg: dict) -> dict:
+    """A config's settings (a dict, as config.json and eval.json hold it) that its method reads:
+    the common ones and the method's own (selfsup.methods: `settings`); another method's, such as
+    the temperature of a BYOL run, are left out."""
+    own = set(REGISTRY[cfg["method"]].settings) if cfg.get("method") in REGISTRY else set()
+    return {k: v for k, v in cfg.items() if k not in METHOD_SETTINGS or k in own}
+
+
 def config_markdown(cfg) -> str:
-    """A Config's settings that differ from the dataclass defaults, as a Markdown table; another
-    method's own settings (a temperature for BYOL) are left out: this run does not read them."""
-    defaults, unread = Config(), METHOD_SETTINGS - set(REGISTRY[cfg.method].settings)
+    """A Config's settings that its method reads and that differ from the dataclass defaults, as a
+    Markdown table."""
+    defaults = Config()
     rows = [
         dict(key=k, value=v, default=getattr(defaults, k))
-        for k, v in cfg.to_dict().items()
-        if v != getattr(defaults, k) and k not in unread
+        for k, v in settings_read(cfg.to_dict()).items()
+        if v != getattr(defaults, k)
     ]
     return markdown_table(rows, [("key", "key"), ("value", "value"), ("default", "default")])
 

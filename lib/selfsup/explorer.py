@@ -5,6 +5,8 @@ draws with selfsup.plots, from the features the evaluation scored (eval.json, fe
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 
 from . import plots
@@ -101,9 +103,11 @@ def build_explorer(dataset, features: dict, ev: dict, embeddings: dict, k: int =
         v = views[split_w.value]
         i = min(index_w.value, len(v["positions"]) - 1)
         true, pred = int(v["labels"][int(v["positions"][i])]), int(v["pred"][i])
+        # an HTML widget sets innerHTML: class names come from the data, so they are escaped to text
+        true_name, pred_name = html.escape(str(v["names"][true])), html.escape(str(v["names"][pred]))
         caption_w.value = (
-            f"<b>{split_w.value} image {i}</b>: true <b>{v['names'][true]}</b>, predicted "
-            f"<b>{v['names'][pred]}</b> ({'right' if true == pred else 'wrong'}, course k-NN)"
+            f"<b>{split_w.value} image {i}</b>: true <b>{true_name}</b>, predicted "
+            f"<b>{pred_name}</b> ({'right' if true == pred else 'wrong'}, course k-NN)"
         )
         fig = neighbours_figure(v, split_w.value, i, k)
         with image_out:

@@ -1,19 +1,39 @@
 """The report's content from results: headline and protocol tables, Figures 1-3 of a run,
-ablation tables and plots, and what differs between the compared methods. Notebooks 04 and 05
-call it; selfsup.workbook exports the executed report.
+ablation tables and plots, what differs between the compared methods, and the sentences that put
+numbers from results into the report's prose. Notebooks 01, 02, 04 and 05 call it; selfsup.workbook
+exports the executed report.
+
+Every value read from files (names, paths, axis values, error texts, run.json's environment) goes
+into the Markdown through display.text or display.code, so it shows as text and never as markup.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+
+import numpy as np
 
 from . import plots
 from .data import load_dataset
-from .display import fmt, is_missing, listing, markdown_table, pct, plural, show_figure, show_markdown, show_plot
+from .display import (
+    code,
+    fmt,
+    is_missing,
+    listing,
+    markdown_table,
+    pct,
+    plural,
+    settings_read,
+    show_figure,
+    show_markdown,
+    show_plot,
+    text,
+)
 from .evaluate import SELECT_FRACTION, ensure_eval, ood_parts, run_features
-from .methods import REGISTRY
-from .results import above_floor, axis_results, separated, summarise
+from .methods import REGISTRY, titled
+from .results import SUMMARY_CSV, above_floor, axis_results, load_results, read_summary, results_path, separated
 from .runs import Run, read_json, write_json
 from .sweep import course_axes
 
@@ -23,17 +43,18 @@ FIGURES_MANIFEST = "figures.json"
 
 def settings_that_differ(run_dirs: dict) -> dict[str, dict]:
     """{name: run folder} -> {name: {key: value}}: the settings, as trained, in which the runs differ
-    ('method' aside; the augmentation recipe and head sizes resolved as the method uses them)."""
+    ('method' aside; the augmentation recipe and head sizes resolved as the method uses them). A
+    run lists only the settings its method reads (display.settings_read): no temperature for BYOL."""
     resolved = {}
     for name, run_dir in run_dirs.items():
         cfg = Run(run_dir).config()
-        resolved[name] = {**cfg.to_dict(), "recipe": cfg.aug_recipe, **cfg.heads}
+        resolved[name] = {**settings_read(cfg.to_dict()), "recipe": cfg.aug_recipe, **cfg.heads}
     keys = [
         k
-        for k in next(iter(resolved.values()), {})
-        if k != "method" and len({repr(r[k]) for r in resolved.values()}) > 1
+        for k in dict.fromkeys(k for r in resolved.values() for k in r)
+        if k != "method" and len({repr(r.get(k)) for r in resolved.values()}) > 1
     ]
-    return {name: {k: r[k] for k in keys} for name, r in resolved.items()}
+    return {name: {k: r[k] for k in keys if k in r} for name, r in resolved.items()}
 
 
 def headline_rows(ev: dict) -> list[dict]:
@@ -173,6 +194,26 @@ def make_figures(
     return dict(paths=paths, features=features, embeddings=emb, eval=ev)
 
 
+def neighbour_galleries(ev: dict, dataset) -> dict:
+    """{"val": Figure[, "ood": Figure]}: the random queries eval.json recorded (val images; OOD
+    probe-test images) with their nearest reference images (training; OOD probe-train)."""
+    out = {}
+    for split, refs in (("val", dataset.train), ("ood", dataset.ood)):
+        gallery = ev["trained"]["gallery"].get(split)
+        if gallery:
+            queries = getattr(dataset, split)
+            q = np.asarray(gallery["query"])
+            out[split] = plots.neighbour_gallery(
+                queries.images[q],
+                refs.images,
+                gallery["neighbours"],
+                refs.labels,
+                refs.class_names,
+                query_labels=queries.labels[q],
+            )
+    return out
+
+
 def figures_current(run_dir, data_dir, figures_dir) -> bool:
     """True when figures_dir holds Figures 1-3 made (by make_figures) from this run and data."""
     m = read_json(Path(figures_dir) / FIGURES_MANIFEST)
@@ -189,7 +230,7 @@ def figures_current(run_dir, data_dir, figures_dir) -> bool:
 def figure_caption(key: str, figures_dir) -> str:
     """The caption of Figure1..3 as made by make_figures (its settings from figures.json)."""
     m = read_json(Path(figures_dir) / FIGURES_MANIFEST)
-    n, k = m.get("n_images", 10), m.get("tsne_classes", 20)
+    n, k = text(m.get("n_images", 10)), text(m.get("tsne_classes", 20))
     return {
         "Figure1": "Figure 1. Training curves of the final run: SSL loss on training and validation images "
         "(left) and the course k-NN accuracy on val (right), per epoch.",
@@ -252,16 +293,16 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
         return "No finished points."
     best = max(ok, key=lambda r: r[metric])
     seeds = min(r.get("n_seeds", 1) for r in ok)
-    ahead = [str(r[key]) for r in ok if r is not best and separated(best, r, metric) == 1]
-    tied = [str(r[key]) for r in ok if r is not best and separated(best, r, metric) == 0]
-    out = [f"Best by {what}: **{best[key]}** ({pm(best, metric)}%)."]
+    ahead = [text(r[key]) for r in ok if r is not best and separated(best, r, metric) == 1]
+    tied = [text(r[key]) for r in ok if r is not best and separated(best, r, metric) == 0]
+    out = [f"Best by {what}: **{text(best[key])}** ({pm(best, metric)}%)."]
     if ahead:
         out.append(f"It is ahead of {listing(ahead)}: the intervals separate.")
     if tied:
         out.append(
             f"It is not distinguishable from {listing(tied)} at {plural(seeds, 'seed')} (the intervals overlap)."
         )
-    below = [str(r[key]) for r in ok if not above_floor(r, metric)]
+    below = [text(r[key]) for r in ok if not above_floor(r, metric)]
     paired = [r for r in ok if not is_missing(r.get(f"{metric}_gain_ci95"))]
     if below:
         out.append(f"Not clearly above the random-init floor ({what}): {listing(below)}.")
@@ -270,7 +311,7 @@ def findings(rows: list[dict], key: str, metric: str = "val_knn", what: str = "k
         gain, ci = 100 * low[f"{metric}_gain"], 100 * low[f"{metric}_gain_ci95"]
         out.append(
             f"Every point is above its random-init floor ({what}; each seed against its own untrained "
-            f"network, the smallest gain is {gain:+.1f} ± {ci:.1f} points, {low[key]})."
+            f"network, the smallest gain is {gain:+.1f} ± {ci:.1f} points, {text(low[key])})."
         )
     else:
         out.append(f"Every point is above its random-init floor beyond the intervals ({what}).")
@@ -291,8 +332,8 @@ def chosen(rows: list[dict], key: str, metric: str = "val_knn", select: str = "s
     pick, best = max(ok, key=lambda r: r[select]), max(ok, key=lambda r: r[metric])
     return (
         f"Chosen without looking at val or OOD (k-NN on {SELECT_FRACTION:.0%} of the training images, held out "
-        f"of its reference set): **{pick[key]}** ({pm(pick, select)}% there, {pm(pick, metric)}% on val"
-        + ("; also the best on val)." if pick is best else f"; the best on val is {best[key]}).")
+        f"of its reference set): **{text(pick[key])}** ({pm(pick, select)}% there, {pm(pick, metric)}% on val"
+        + ("; also the best on val)." if pick is best else f"; the best on val is {text(best[key])}).")
     )
 
 
@@ -301,27 +342,71 @@ def ablation_columns(axis: str) -> list:
     return [("train_loss", "loss", fmt), ("wall_clock_s", "time (s)", seconds)]
 
 
+def _axes(value) -> list[str]:
+    """summary.csv's `axes` cell ("lr|temperature") as a list (kept when already one)."""
+    return list(value) if isinstance(value, (list, tuple)) else [a for a in str(value or "").split("|") if a]
+
+
+def sweep_summaries(runs_root, sweeps=None, ignore=("compare_*",)):
+    """Sweeps' summary.csv files (one row per point over its seeds, as the sweep wrote them) in one
+    DataFrame: a `sweep` column tells them apart, `axes` is a list per row.
+
+    sweeps: names / folders / CSV paths; None = every runs_root/*/summary.csv whose sweep name
+    matches none of the `ignore` globs (the method comparisons by default). Sweeps named
+    explicitly but not run yet are skipped; nothing run gives an empty DataFrame."""
+    import fnmatch
+
+    import pandas as pd
+
+    if sweeps is None:
+        paths = [
+            p
+            for p in sorted(Path(runs_root).glob(f"*/{SUMMARY_CSV}"))
+            if not any(fnmatch.fnmatch(p.parent.name, pat) for pat in (ignore or ()))
+        ]
+    else:
+        names = [sweeps] if isinstance(sweeps, (str, Path)) else list(sweeps)
+        paths = [results_path(s, runs_root).parent / SUMMARY_CSV for s in names]
+    frames = []
+    for path in paths:
+        if path.is_file():
+            df = read_summary(path)
+            frames.append(df.assign(sweep=path.parent.name, axes=df["axes"].map(_axes), error=df["error"].fillna("")))
+    if not frames:
+        return pd.DataFrame(columns=["point", "axes", "sweep", "status", "n_seeds", "error"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def sweeps_found(summaries) -> str:
+    """'5 sweep points from 2 sweeps: `demo` and `lr`.' (or that none has been run)."""
+    names = list(dict.fromkeys(summaries["sweep"]))
+    if not names:
+        return "No sweep has been run yet."
+    return f"{plural(len(summaries), 'sweep point')} from {plural(len(names), 'sweep')}: {listing(map(code, names))}."
+
+
 def show_ablations(
-    results, axes: list[str], figures_dir=None, level: int = 3, metric: str = "val_knn", root="."
+    summaries, axes: list[str], figures_dir=None, level: int = 3, metric: str = "val_knn", root="."
 ) -> dict:
     """The ablation axes in order: per axis that a sweep varied, a heading, then per sweep a table
     (mean ± interval over seeds), what it shows (findings) and a plot with interval bands (saved
     as figures_dir/ablation_<axis>_<sweep>.png); the axes nobody ran are listed in one paragraph
-    at the end with the command that runs them. Returns {axis: {sweep: {...}}} for the run ones."""
+    at the end with the command that runs them. summaries: sweep_summaries(...). Returns
+    {axis: {sweep: {...}}} for the run ones."""
     course = course_axes(root)
     out, not_run = {}, []
     for axis in axes:
-        rows = axis_results(results, axis)
+        rows = axis_results(summaries, axis)
         if rows is None or len(rows) == 0:
             not_run.append(axis)
             continue
-        title = course.get(axis, {}).get("title", axis)
-        show_markdown(f"{'#' * level} {title} (`{axis}`)")
+        title = text(course.get(axis, {}).get("title", axis))
+        show_markdown(f"{'#' * level} {title} ({code(axis)})")
         out[axis] = {}
         for name, grp in rows.groupby("sweep", sort=False):
-            points = summarise(grp, keys=[axis])
+            points = grp.to_dict("records")
             show_markdown(
-                f"Sweep `{name}`: {plural(len(points), 'point')}.\n\n"
+                f"Sweep {code(name)}: {plural(len(points), 'point')}.\n\n"
                 + summary_table(points, axis, axis, linear=False, extra=ablation_columns(axis))
                 + "\n\n"
                 + findings(points, axis, metric)
@@ -330,12 +415,16 @@ def show_ablations(
             )
             for r in points:
                 if r["status"] != "finished":
-                    show_markdown(f"Point `{r['point']}` {r['status']}: {r.get('error') or 'see its run folder'}")
+                    error = text(r.get("error") or "see its run folder")
+                    show_markdown(f"Point {code(r['point'])} {text(r['status'])}: {error}")
             ok = [r for r in points if r["n_seeds"] and not is_missing(r.get(metric))]
             best = max(ok, key=lambda r: r[metric]) if ok else None
             if ok:
-                path = None if figures_dir is None else Path(figures_dir) / f"ablation_{axis}_{name}.png"
-                fig = plots.ablation_plot(ok, axis, title=f"{title} (sweep {name})", path=path)
+                stem = re.sub(r"[^\w.-]+", "_", f"ablation_{axis}_{name}")  # names from results: no path in it
+                path = None if figures_dir is None else Path(figures_dir) / f"{stem}.png"
+                fig = plots.ablation_plot(
+                    ok, axis, title=f"{course.get(axis, {}).get('title', axis)} (sweep {name})", path=path
+                )
                 if path is None:
                     show_plot(fig)
                 else:
@@ -348,8 +437,40 @@ def show_ablations(
             }
     if not_run:
         how = [
-            f"{course[a]['title'].lower()} (`selfsup sweep {course[a]['file']}`)" if a in course else f"`{a}`"
+            f"{text(course[a]['title'].lower())} ({code('selfsup sweep ' + course[a]['file'])})"
+            if a in course
+            else code(a)
             for a in not_run
         ]
         show_markdown(f"**Not run here:** {listing(how)}.")
     return out
+
+
+def comparison(runs_root, name=None) -> dict | None:
+    """The method comparison: sweep `name` (None: the newest runs_root/compare_*) as one row per
+    method over its seeds (its summary.csv), and the settings in which the methods' runs differ (a
+    finished run folder per method, from its results.csv). None when it has not been run."""
+    if name:
+        path = results_path(name, runs_root).parent / SUMMARY_CSV
+    else:
+        found = sorted(Path(runs_root).glob(f"compare_*/{SUMMARY_CSV}"), key=lambda p: p.stat().st_mtime)
+        path = found[-1] if found else None
+    if path is None or not path.is_file():
+        return None
+    rows = sweep_summaries(runs_root, [path]).to_dict("records")
+    first_run: dict = {}
+    for r in load_results(path.parent).to_dict("records"):
+        if r["status"] == "finished":
+            first_run.setdefault(r["method"], r["run_dir"])
+    done = [r["method"] for r in rows if r["n_seeds"] and r["method"] in first_run]
+    return dict(sweep=path.parent.name, rows=rows, settings=settings_that_differ({m: first_run[m] for m in done}))
+
+
+def comparison_figure(c: dict | None, path) -> Path | None:
+    """The bar chart of a comparison (k-NN per method with intervals and floors) saved at path;
+    None when no method finished."""
+    done = {r["method"]: r for r in titled(c["rows"]) if r["n_seeds"]} if c else {}
+    if not done:
+        return None
+    plots.comparison_bar(done, title=f"Methods compared (sweep {c['sweep']})", path=path)
+    return Path(path)
