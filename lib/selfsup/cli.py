@@ -84,6 +84,8 @@ def _train(args):
 def _eval(args):
     result = evaluate.evaluate_run(args.run_dir, args.data)
     print(json.dumps(result["summary"], indent=2))
+    for note in result["skipped"]:  # protocols the data is too small for
+        print(f"selfsup: note: {note}", file=sys.stderr)
 
 
 def _sweep(args):
@@ -257,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed (read-only filesystem, full disk, file-size limit): its file, its cause
+        print(f"selfsup: error: {e.filename}: {e.strerror}" if e.filename else f"selfsup: error: {e}", file=sys.stderr)
         return 2
 
 

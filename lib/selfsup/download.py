@@ -6,13 +6,18 @@ The URL can point at a mirror (argument, or $SELFSUP_TINYIMAGENET_URL) and the
 cache can move ($SELFSUP_CACHE; default the user cache folder, e.g.
 ~/.cache/selfsup). A download is written to a temporary file in the cache and
 kept only when its hash matches, so a truncated or corrupt download leaves
-nothing behind, and a cached file that does not match is fetched again.
+nothing behind, and a cached file that does not match is fetched again. The
+temporary is named ``<file>.<random>.part`` and locked while it is written, so a
+download killed midway (kill -9, a power cut) leaves a file the next fetch
+recognises and removes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import secrets
 from pathlib import Path
 
 import pooch
@@ -38,6 +43,63 @@ def cache_dir(cache=None) -> Path:
     return Path(cache or os.environ.get(CACHE_ENV) or pooch.os_cache("selfsup"))
 
 
+PARTIAL = ".part"  # <file>.<random>.part: a download being written, flock-ed by its writer
+
+
+def _new_partial(cache: Path) -> tuple[Path, int]:
+    """A new, empty ``<file>.<random>.part`` in ``cache`` (the mode the umask gives), locked:
+    (its path, its open descriptor)."""
+    while True:
+        path = cache / f"{TINY_IMAGENET_FILE}.{secrets.token_hex(4)}{PARTIAL}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed as stale before we locked it
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_stale_partials(cache: Path) -> None:
+    """Remove the partial downloads in ``cache`` that no process is writing (their writer died:
+    the OS freed its lock). One being written by another process is left alone."""
+    for path in cache.glob(f"{TINY_IMAGENET_FILE}.*{PARTIAL}"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except OSError:  # locked: a download in progress
+            pass
+        finally:
+            os.close(fd)
+
+
+class _IntoPartial:
+    """A pooch downloader that streams into a locked ``<file>.<random>.part`` in the cache, not
+    into pooch's anonymous temporary (which a kill would leave there for good), then renames it
+    over that temporary: pooch checks its hash and moves it into place as before."""
+
+    def __init__(self, inner, cache: Path):
+        self.inner, self.cache = inner, cache
+
+    def __call__(self, url, output_file, pooch_, check_only=False):
+        os.unlink(output_file)  # pooch's empty temporary, made an instant ago: ours has a name
+        path, fd = _new_partial(self.cache)
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                self.inner(url, f, pooch_)
+            os.replace(path, output_file)
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def fetch(url: str | None = None, known_hash: str | None = None, cache=None, progress: bool = True) -> Path:
     """The cached Tiny-ImageNet-200 zip, downloaded first if the cache has no copy
     with ``known_hash`` ("md5:..." or "sha256:..."; default the official zip's MD5).
@@ -55,7 +117,13 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
             f"--hash {known_hash}: expected md5:<32 hex digits>, sha256:<64 hex digits> (or sha1:, sha512:)"
         )
     cache = cache_dir(cache)
-    downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20) if url.startswith("http") else None
+    remove_stale_partials(cache)
+    inner = (
+        pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20)
+        if url.startswith("http")
+        else pooch.FTPDownloader(progressbar=progress)
+    )
+    downloader = _IntoPartial(inner, cache)
     try:
         path = pooch.retrieve(
             url, known_hash, fname=TINY_IMAGENET_FILE, path=cache, downloader=downloader, progressbar=progress
