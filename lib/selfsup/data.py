@@ -183,8 +183,10 @@ def _load(path) -> tuple[Split, bool]:
             _check_declared(archive, key, str(path))
             try:
                 arrays[key] = archive[key]
-            except ValueError:  # object arrays need pickle, which we never allow
-                raise DataError(
+            except ValueError as err:
+                if "pickle" not in str(err):  # numpy's "EOF: reading array data": fewer bytes than declared
+                    raise DataError(f"{path}: key '{key}' cannot be read ({_one_line(err)})") from None
+                raise DataError(  # object arrays need pickle, which we never allow
                     f"{path}: key '{key}' holds Python objects (pickled); expected a plain numeric or string array"
                 ) from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
