@@ -7,9 +7,9 @@ cache can move ($SELFSUP_CACHE; default the user cache folder, e.g.
 ~/.cache/selfsup). A download is written to a temporary file in the cache and
 kept only when its hash matches, so a truncated or corrupt download leaves
 nothing behind, and a cached file that does not match is fetched again. The
-temporary is named ``<file>.<random>.part`` and locked while it is written, so a
-download killed midway (kill -9, a power cut) leaves a file the next fetch
-recognises and removes.
+download goes to ``<file>.<temporary>.part``, locked until it is in place, so a
+download killed at any moment (kill -9, a power cut) leaves a file the next
+fetch recognises and removes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import secrets
 from pathlib import Path
 
 import pooch
@@ -43,18 +42,16 @@ def cache_dir(cache=None) -> Path:
     return Path(cache or os.environ.get(CACHE_ENV) or pooch.os_cache("selfsup"))
 
 
-PARTIAL = ".part"  # <file>.<random>.part: a download being written, flock-ed by its writer
+PARTIAL = ".part"  # <file>.<pooch's temporary>.part: a download being written, flock-ed by its writer
+_POOCH_TEMPORARY = re.compile(r"tmp\w+")  # tempfile.NamedTemporaryFile's names, which pooch uses
 
 
-def _new_partial(cache: Path) -> tuple[Path, int]:
-    """A new, empty ``<file>.<random>.part`` in ``cache`` (the mode the umask gives), locked:
+def _new_partial(cache: Path, temporary: str) -> tuple[Path, int]:
+    """``<file>.<temporary>.part`` in ``cache``, empty, with the mode the umask gives, and locked:
     (its path, its open descriptor)."""
+    path = cache / f"{TINY_IMAGENET_FILE}.{temporary}{PARTIAL}"
     while True:
-        path = cache / f"{TINY_IMAGENET_FILE}.{secrets.token_hex(4)}{PARTIAL}"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed as stale before we locked it
@@ -66,7 +63,8 @@ def _new_partial(cache: Path) -> tuple[Path, int]:
 
 def remove_stale_partials(cache: Path) -> None:
     """Remove the partial downloads in ``cache`` that no process is writing (their writer died:
-    the OS freed its lock). One being written by another process is left alone."""
+    the OS freed its lock), with pooch's temporary each names. One being written by another
+    process is left alone."""
     for path in cache.glob(f"{TINY_IMAGENET_FILE}.*{PARTIAL}"):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -74,30 +72,40 @@ def remove_stale_partials(cache: Path) -> None:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            path.unlink(missing_ok=True)
         except OSError:  # locked: a download in progress
-            pass
-        finally:
             os.close(fd)
+            continue
+        temporary = path.name[len(TINY_IMAGENET_FILE) + 1 : -len(PARTIAL)]
+        if _POOCH_TEMPORARY.fullmatch(temporary):
+            (cache / temporary).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class _IntoPartial:
-    """A pooch downloader that streams into a locked ``<file>.<random>.part`` in the cache, not
-    into pooch's anonymous temporary (which a kill would leave there for good), then renames it
-    over that temporary: pooch checks its hash and moves it into place as before."""
+    """A pooch downloader that streams into a locked ``<file>.<temporary>.part`` in the cache
+    rather than into pooch's anonymous temporary, then links it as that temporary, which pooch
+    checks against the hash and moves into place. The partial, and its lock, stay until fetch
+    calls release(): a download killed at any moment (kill -9, a power cut) leaves a named,
+    unlocked partial that the next fetch removes with the temporary it names."""
 
     def __init__(self, inner, cache: Path):
-        self.inner, self.cache = inner, cache
+        self.inner, self.cache, self.held = inner, cache, None
 
     def __call__(self, url, output_file, pooch_, check_only=False):
-        os.unlink(output_file)  # pooch's empty temporary, made an instant ago: ours has a name
-        path, fd = _new_partial(self.cache)
-        try:
-            with os.fdopen(fd, "w+b") as f:
-                self.inner(url, f, pooch_)
-            os.replace(path, output_file)
-        finally:
+        temporary = Path(output_file)
+        temporary.unlink()  # pooch's, empty, made an instant ago; the partial names it
+        path, fd = self.held = _new_partial(self.cache, temporary.name)
+        with os.fdopen(os.dup(fd), "w+b") as f:  # the lock stays with fd
+            self.inner(url, f, pooch_)
+        os.link(path, temporary)
+
+    def release(self) -> None:
+        if self.held:
+            path, fd = self.held
             path.unlink(missing_ok=True)
+            os.close(fd)
+            self.held = None
 
 
 def fetch(url: str | None = None, known_hash: str | None = None, cache=None, progress: bool = True) -> Path:
@@ -136,6 +144,8 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
         raise DataError(
             f"{err.filename or cache}: cannot write the download ({err.strerror or _one_line(err)})"
         ) from None
+    finally:
+        downloader.release()
     return Path(path)
 
 
