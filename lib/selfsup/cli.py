@@ -186,8 +186,9 @@ def _data_parser(sub) -> None:
         f"The zip is checked against {download.TINY_IMAGENET_HASH},\n"
         "the official file's published MD5 (no SHA-256 is published), and kept in a cache:\n"
         f"--cache, else ${download.CACHE_ENV}, else the user cache folder (~/.cache/selfsup on\n"
-        "Linux). A truncated or corrupt download is refused and nothing is kept; a cached copy\n"
-        "that does not match is fetched again.\n"
+        "Linux). A truncated or corrupt download is refused and nothing is kept; what a\n"
+        "killed download left is removed by the next one. A cached copy that does not\n"
+        "match is fetched again.\n"
         f"A mirror: --url or ${download.URL_ENV} (with --hash if its file differs).\n"
         "A zip or folder you already have: selfsup data convert SRC DEST.",
     )
