@@ -127,6 +127,17 @@ def test_load_npz_rejects_bad_file(tmp_path, case):
     assert "\n" not in message
 
 
+def test_an_array_declared_larger_than_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    """A real array larger than this machine's memory does not fit in a test: the machine's memory
+    is made to look smaller than a well-formed 1 KB array instead (what the check compares)."""
+    g = good_arrays()
+    np.savez(tmp_path / "train.npz", **g)
+    real = os.sysconf
+    monkeypatch.setattr(data.os, "sysconf", lambda name: 0 if name == "SC_PHYS_PAGES" else real(name))
+    with pytest.raises(DataError, match=r"key 'images' declares a \(\d+, 8, 8, 3\) uint8 array of 0.0 GiB, more than"):
+        data.load_npz(tmp_path / "train.npz")
+
+
 @pytest.mark.parametrize("case", ["float_images", "n_mismatch", "label_too_big", "names_twice"])
 def test_save_npz_refuses_bad_split_and_writes_nothing(tmp_path, case):
     g = good_arrays()

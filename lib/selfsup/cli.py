@@ -88,6 +88,8 @@ def _train(args):
 def _eval(args):
     result = evaluate.evaluate_run(args.run_dir, args.data)
     print(json.dumps(result["summary"], indent=2))
+    for note in result["skipped"]:  # protocols the data is too small for
+        print(f"selfsup: note: {note}", file=sys.stderr)
 
 
 def _sweep(args):
@@ -192,8 +194,9 @@ def _data_parser(sub) -> None:
         f"The zip is checked against {download.TINY_IMAGENET_HASH},\n"
         "the official file's published MD5 (no SHA-256 is published), and kept in a cache:\n"
         f"--cache, else ${download.CACHE_ENV}, else the user cache folder (~/.cache/selfsup on\n"
-        "Linux). A truncated or corrupt download is refused and nothing is kept; a cached copy\n"
-        "that does not match is fetched again.\n"
+        "Linux). A truncated or corrupt download is refused and nothing is kept; what a\n"
+        "killed download left is removed by the next one. A cached copy that does not\n"
+        "match is fetched again.\n"
         f"A mirror: --url or ${download.URL_ENV} (with --hash if its file differs).\n"
         "A zip or folder you already have: selfsup data convert SRC DEST.",
     )
@@ -266,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args) or 0
     except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write that failed (read-only filesystem, full disk, file-size limit): its file, its cause
+        print(f"selfsup: error: {e.filename}: {e.strerror}" if e.filename else f"selfsup: error: {e}", file=sys.stderr)
         return 2
 
 

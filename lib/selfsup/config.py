@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .methods import REGISTRY
+from .methods import MAX_HEAD_WIDTH, REGISTRY
 
 METHODS = tuple(REGISTRY)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "convnet")
@@ -139,8 +139,8 @@ Config.__module__ = __name__
 # Every key's range: (low, high), None = unbounded; a "(" / ")" marks an open end. Values must be
 # finite. A method may add its own (`limits` in selfsup.methods).
 LIMITS = {
-    "proj_hidden": (0, None),
-    "proj_dim": (0, None),
+    "proj_hidden": (0, MAX_HEAD_WIDTH),
+    "proj_dim": (0, MAX_HEAD_WIDTH),
     "crop_scale_min": ("(", 0.0, 1.0),
     "image_size": (8, 4096),
     "width": (1, 1024),
@@ -262,9 +262,14 @@ def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} file not found")
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            f"save the {what} file as UTF-8"
+        ) from None
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a mapping of {what} keys, got {type(d).__name__}")
     return d

@@ -18,15 +18,18 @@ an input raises :class:`DataError` with a one-line message naming the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 SPLITS = ("train", "val", "ood")
+OOD_MIN_IMAGES = 5  # ood_split's probe-test part is int(0.2 * n) images: none below 5
 _MAX_UNNAMED_CLASSES = 100_000  # guards against inventing a billion names for a stray label
 
 
@@ -104,6 +107,12 @@ def _check_arrays(images, labels, class_names, where: str) -> None:
         )
     first: dict = {}
     for i, name in enumerate(class_names.tolist()):
+        text = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        if not text.strip() or not text.isprintable():  # a name is one line of visible text: tables, captions, CSV
+            raise DataError(
+                f"{where}: 'class_names' has {name!r} at {i}; expected one line of printable text (no newline, "
+                "tab or other control character, not blank)"
+            )
         if name in first:
             raise DataError(
                 f"{where}: 'class_names' has {name!r} twice (at {first[name]} and {i}); expected K distinct names"
@@ -115,6 +124,37 @@ def _names(class_names: np.ndarray) -> list[str]:
     if class_names.dtype.kind == "S":
         return [b.decode("utf-8", "replace") for b in class_names.tolist()]
     return [str(s) for s in class_names.tolist()]
+
+
+def _check_declared(archive, key: str, where: str) -> None:
+    """DataError unless the .npy header of ``key`` declares an array that its zip entry holds and
+    that fits in memory: numpy allocates what the header declares before reading a byte."""
+    name = key + ".npy"
+    if name not in archive.zip.namelist():
+        return
+    info = archive.zip.getinfo(name)
+    try:
+        with archive.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            header = f.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{where}: key '{key}' is not a readable .npy array ({_one_line(err)})") from None
+    if dtype.hasobject:
+        return  # refused as pickled when read
+    declared, held = math.prod(shape) * dtype.itemsize, info.file_size - header
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if declared > held:
+        raise DataError(
+            f"{where}: key '{key}' declares a {shape} {dtype} array ({declared:,} bytes) but holds "
+            f"{max(held, 0):,} bytes; a truncated or crafted file"
+        )
+    if declared > memory:
+        raise DataError(
+            f"{where}: key '{key}' declares a {shape} {dtype} array of {declared / 2**30:,.1f} GiB, more "
+            f"than this machine's {memory / 2**30:,.1f} GiB of memory"
+        )
 
 
 def _load(path) -> tuple[Split, bool]:
@@ -140,14 +180,19 @@ def _load(path) -> tuple[Split, bool]:
                     f"{path}: missing key '{key}' (found: {', '.join(archive.files) or 'none'}); "
                     "expected 'images' and 'labels'"
                 )
+            _check_declared(archive, key, str(path))
             try:
                 arrays[key] = archive[key]
-            except ValueError:  # object arrays need pickle, which we never allow
-                raise DataError(
+            except ValueError as err:
+                if "pickle" not in str(err):  # numpy's "EOF: reading array data": fewer bytes than declared
+                    raise DataError(f"{path}: key '{key}' cannot be read ({_one_line(err)})") from None
+                raise DataError(  # object arrays need pickle, which we never allow
                     f"{path}: key '{key}' holds Python objects (pickled); expected a plain numeric or string array"
                 ) from None
-            except (OSError, EOFError, zipfile.BadZipFile) as err:
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
                 raise DataError(f"{path}: key '{key}' cannot be read ({_one_line(err)})") from None
+            if not isinstance(arrays[key], np.ndarray):  # an entry that is not .npy: numpy hands back its bytes
+                raise DataError(f"{path}: key '{key}' is not a .npy array; expected a numeric or string array")
     images, labels, names = arrays["images"], arrays["labels"], arrays.get("class_names")
     _check_arrays(images, labels, names, str(path))
     named = names is not None
@@ -315,6 +360,11 @@ def describe(ds: Dataset) -> str:
             f"{name:<5}  {len(split):>6} images {split.images.shape[1]}x{split.images.shape[2]}, "
             f"{split.num_classes} classes, {per_class}: {shown}"
         )
+        if name == "ood" and len(split) < OOD_MIN_IMAGES:
+            lines.append(
+                f"       too few for the OOD protocol: its 80/20 split needs at least {OOD_MIN_IMAGES} images; "
+                "eval skips it"
+            )
     return "\n".join(lines)
 
 
@@ -330,5 +380,6 @@ def fingerprint(split: Split) -> str:
 
 def ood_split(n: int) -> np.ndarray:
     """The course's OOD protocol: (n,) bool mask, True = probe-train (~80%),
-    False = probe-test (~20%), from a fixed permutation (seed 42)."""
+    False = probe-test (~20%), from a fixed permutation (seed 42). Below OOD_MIN_IMAGES
+    images the probe-test part is empty."""
     return np.random.RandomState(42).permutation(n) >= int(0.2 * n)

@@ -6,11 +6,15 @@ The URL can point at a mirror (argument, or $SELFSUP_TINYIMAGENET_URL) and the
 cache can move ($SELFSUP_CACHE; default the user cache folder, e.g.
 ~/.cache/selfsup). A download is written to a temporary file in the cache and
 kept only when its hash matches, so a truncated or corrupt download leaves
-nothing behind, and a cached file that does not match is fetched again.
+nothing behind, and a cached file that does not match is fetched again. The
+download goes to ``<file>.<temporary>.part``, locked until it is in place, so a
+download killed at any moment (kill -9, a power cut) leaves a file the next
+fetch recognises and removes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from pathlib import Path
@@ -38,6 +42,72 @@ def cache_dir(cache=None) -> Path:
     return Path(cache or os.environ.get(CACHE_ENV) or pooch.os_cache("selfsup"))
 
 
+PARTIAL = ".part"  # <file>.<pooch's temporary>.part: a download being written, flock-ed by its writer
+_POOCH_TEMPORARY = re.compile(r"tmp\w+")  # tempfile.NamedTemporaryFile's names, which pooch uses
+
+
+def _new_partial(cache: Path, temporary: str) -> tuple[Path, int]:
+    """``<file>.<temporary>.part`` in ``cache``, empty, with the mode the umask gives, and locked:
+    (its path, its open descriptor)."""
+    path = cache / f"{TINY_IMAGENET_FILE}.{temporary}{PARTIAL}"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed as stale before we locked it
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_stale_partials(cache: Path) -> None:
+    """Remove the partial downloads in ``cache`` that no process is writing (their writer died:
+    the OS freed its lock), with pooch's temporary each names. One being written by another
+    process is left alone."""
+    for path in cache.glob(f"{TINY_IMAGENET_FILE}.*{PARTIAL}"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # locked: a download in progress
+            os.close(fd)
+            continue
+        temporary = path.name[len(TINY_IMAGENET_FILE) + 1 : -len(PARTIAL)]
+        if _POOCH_TEMPORARY.fullmatch(temporary):
+            (cache / temporary).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+class _IntoPartial:
+    """A pooch downloader that streams into a locked ``<file>.<temporary>.part`` in the cache
+    rather than into pooch's anonymous temporary, then links it as that temporary, which pooch
+    checks against the hash and moves into place. The partial, and its lock, stay until fetch
+    calls release(): a download killed at any moment (kill -9, a power cut) leaves a named,
+    unlocked partial that the next fetch removes with the temporary it names."""
+
+    def __init__(self, inner, cache: Path):
+        self.inner, self.cache, self.held = inner, cache, None
+
+    def __call__(self, url, output_file, pooch_, check_only=False):
+        temporary = Path(output_file)
+        temporary.unlink()  # pooch's, empty, made an instant ago; the partial names it
+        path, fd = self.held = _new_partial(self.cache, temporary.name)
+        with os.fdopen(os.dup(fd), "w+b") as f:  # the lock stays with fd
+            self.inner(url, f, pooch_)
+        os.link(path, temporary)
+
+    def release(self) -> None:
+        if self.held:
+            path, fd = self.held
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            self.held = None
+
+
 def fetch(url: str | None = None, known_hash: str | None = None, cache=None, progress: bool = True) -> Path:
     """The cached Tiny-ImageNet-200 zip, downloaded first if the cache has no copy
     with ``known_hash`` ("md5:..." or "sha256:..."; default the official zip's MD5).
@@ -55,7 +125,13 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
             f"--hash {known_hash}: expected md5:<32 hex digits>, sha256:<64 hex digits> (or sha1:, sha512:)"
         )
     cache = cache_dir(cache)
-    downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20) if url.startswith("http") else None
+    remove_stale_partials(cache)
+    inner = (
+        pooch.HTTPDownloader(progressbar=progress, chunk_size=1 << 20)
+        if url.startswith("http")
+        else pooch.FTPDownloader(progressbar=progress)
+    )
+    downloader = _IntoPartial(inner, cache)
     try:
         path = pooch.retrieve(
             url, known_hash, fname=TINY_IMAGENET_FILE, path=cache, downloader=downloader, progressbar=progress
@@ -68,6 +144,8 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
         raise DataError(
             f"{err.filename or cache}: cannot write the download ({err.strerror or _one_line(err)})"
         ) from None
+    finally:
+        downloader.release()
     return Path(path)
 
 

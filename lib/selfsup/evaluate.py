@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from .data import load_dataset, ood_split
+from .data import OOD_MIN_IMAGES, load_dataset, ood_split
 from .features import accuracy, default_device, extract_features, project, to_numpy
 from .knn import _knn_multi, knn_neighbors, knn_predict
 from .probe import linear_probe, stratified_split
@@ -180,8 +180,8 @@ def table_rows(feature_sets: dict, dataset, device=None, **kw) -> list[dict]:
         device=device,
         **kw,
     )
-    if dataset.ood is not None and all("ood" in f for f in feature_sets.values()):
-        tr, te = ood_parts(len(dataset.ood))
+    tr, te = ood_parts(len(dataset.ood) if dataset.ood is not None else 0)
+    if len(te) and all("ood" in f for f in feature_sets.values()):
         rows += protocol_table(
             {n: (_take(f["ood"], tr), _take(f["ood"], te)) for n, f in feature_sets.items()},
             dataset.ood.labels[tr],
@@ -199,6 +199,40 @@ def _gallery(train_f, test_f, n: int, k: int, seed: int) -> dict:
     q = np.sort(rng.choice(len(test_f), size=min(n, len(test_f)), replace=False))
     _, idx = knn_neighbors(train_f, _take(test_f, q), k=min(k, len(train_f)))
     return dict(query=q.tolist(), neighbours=to_numpy(idx).tolist())
+
+
+def _probe_fits(train_y) -> bool:
+    """The linear probe chooses its penalty on a held-out part of each class: it needs a class
+    with two training images."""
+    return len(train_y) > 0 and np.bincount(to_numpy(train_y)).max() >= 2
+
+
+def _skipped(dataset, linear: bool) -> tuple[dict, list[str]]:
+    """What the data lets evaluate_features run: ({"val_linear", "ood", "ood_linear"}: bool) and,
+    for each protocol left out, a line saying which and why."""
+    can = dict(val_linear=linear and _probe_fits(dataset.train.labels), ood=False, ood_linear=False)
+    why = []
+    if linear and not can["val_linear"]:
+        why.append(
+            f"{dataset.train.source}: val linear probe skipped: no class has two training images "
+            "(the probe holds one out to choose its penalty)"
+        )
+    if dataset.ood is not None:
+        n = len(dataset.ood)
+        tr, te = ood_parts(n)
+        can["ood"] = len(te) > 0
+        can["ood_linear"] = can["ood"] and linear and _probe_fits(dataset.ood.labels[tr])
+        if not can["ood"]:
+            why.append(
+                f"{dataset.ood.source}: OOD protocol skipped: {n} image(s); its 80/20 probe-train/"
+                f"probe-test split needs at least {OOD_MIN_IMAGES}"
+            )
+        elif linear and not can["ood_linear"]:
+            why.append(
+                f"{dataset.ood.source}: OOD linear probe skipped: no class has two of the {len(tr)} "
+                "probe-train images (the probe holds one out to choose its penalty)"
+            )
+    return can, why
 
 
 def evaluate_features(
@@ -223,7 +257,9 @@ def evaluate_features(
     (cosine, weighted_k, knn_temperature), linear probe. ood (when the dataset has one): ood_protocol.
     table: protocol_table rows on val and OOD, for the backbone and, when ``projected`` (the same
     splits through the projector) is given, projector features. gallery: neighbour positions of a
-    few val / OOD queries (for figures). Returns a JSON-serialisable dict.
+    few val / OOD queries (for figures). A protocol the data is too small for (an OOD set under
+    OOD_MIN_IMAGES images, a probe without two images of a class) is left out and said in
+    "skipped". Returns a JSON-serialisable dict.
     """
     device = torch.device(device) if device is not None else default_device()
     kw = dict(
@@ -238,12 +274,14 @@ def evaluate_features(
         feature_dim=int(features["train"].shape[1]),
         settings=dict(k=k, weighted_k=weighted_k, knn_temperature=knn_temperature, linear=linear),
     )
-    out["val"] = knn_protocols(features["train"], dataset.train.labels, features["val"], dataset.val.labels, **kw)
+    can, out["skipped"] = _skipped(dataset, linear)
+    val_kw = {**kw, "linear": can["val_linear"]}
+    out["val"] = knn_protocols(features["train"], dataset.train.labels, features["val"], dataset.val.labels, **val_kw)
     out["select"] = select_protocol(features["train"], dataset.train.labels, k=k, device=device)
     out["gallery"] = dict(val=_gallery(features["train"], features["val"], gallery, 5, seed=0))
     out["ood"] = None
-    if dataset.ood is not None and "ood" in features:
-        out["ood"] = ood_protocol(features["ood"], dataset.ood.labels, **kw)
+    if can["ood"] and "ood" in features:
+        out["ood"] = ood_protocol(features["ood"], dataset.ood.labels, **{**kw, "linear": can["ood_linear"]})
         tr, te = ood_parts(len(dataset.ood))
         g = _gallery(_take(features["ood"], tr), _take(features["ood"], te), gallery, 5, seed=0)
         # as positions in the OOD set (queries from probe-test, neighbours from probe-train)
@@ -316,13 +354,12 @@ def evaluate_run(
     )
     trained = evaluate_features(features, dataset, device, projected=projected, **kw)
     trained["seconds"] = dict(features=t_feat, total=time.perf_counter() - t0)
-    if save_features:
-        run.save_features(
-            {
-                **{f"{s}_features": f.cpu().numpy() for s, f in features.items()},
-                **{f"{s}_labels": getattr(dataset, s).labels for s in features},
-            }
-        )
+    arrays = None
+    if save_features:  # written with eval.json, at the end: the two always match
+        arrays = {
+            **{f"{s}_features": f.cpu().numpy() for s, f in features.items()},
+            **{f"{s}_labels": getattr(dataset, s).labels for s in features},
+        }
     del features, projected, model
 
     floor_encoder = run.random_init(cfg).encoder
@@ -339,9 +376,10 @@ def evaluate_run(
         class_names=dict(
             val=list(dataset.val.class_names), ood=list(dataset.ood.class_names) if dataset.ood is not None else None
         ),
+        skipped=list(dict.fromkeys(trained["skipped"] + floor["skipped"])),
         seconds=time.perf_counter() - t0,
     )
-    run.write_eval(result)
+    run.write_eval(result, features=arrays)
     return result
 
 

@@ -63,6 +63,13 @@ class Source:
                     ".zip holding a Tiny-ImageNet-200 or ImageFolder tree"
                 ) from None
             files = [n for n in self._zip.namelist() if not n.endswith("/")]
+            absolute = next((n for n in files if n.startswith("/")), None)
+            if absolute is not None:  # its first folder would be "": one class named ""
+                self._zip.close()
+                raise DataError(
+                    f"{self.path}: entry {absolute!r} has an absolute path; expected paths relative to the "
+                    "archive (zip the tree from the folder above it)"
+                )
         else:
             raise DataError(
                 f"{self.path}: not found; expected a folder or a .zip holding a Tiny-ImageNet-200 or ImageFolder tree"

@@ -31,6 +31,11 @@ from . import losses
 from .distributed import gather
 from .models import backbone, mlp
 
+# The widest head a config may ask for (proj_hidden, proj_dim, pred_hidden): Barlow Twins and
+# VICReg use 8192 (Barlow Twins' Fig. 4 still gains at 16384); twice that bounds a typo (a
+# 10^9-wide layer) in one line, before the allocator fails.
+MAX_HEAD_WIDTH = 32768
+
 if TYPE_CHECKING:  # config imports this module (the registry); methods only read a Config's fields
     from .config import Config
 
@@ -88,7 +93,7 @@ class BYOL(Method):
     # byol_momentum: EMA base rate, cosine-raised to 1 (paper: 0.996 at batch 4096);
     # pred_hidden: the predictor's hidden width (0 = heads above)
     settings = dict(byol_momentum=0.99, pred_hidden=0)
-    limits = dict(byol_momentum=(0.0, 1.0), pred_hidden=(0, None))
+    limits = dict(byol_momentum=(0.0, 1.0), pred_hidden=(0, MAX_HEAD_WIDTH))
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)

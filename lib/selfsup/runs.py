@@ -59,12 +59,38 @@ class RunError(RuntimeError):
     """A run folder in a state the command cannot continue from. The message says why."""
 
 
+def write_atomically(path, write, *more) -> None:
+    """Write files atomically: each ``write(file)`` (binary) goes to ``<name>.tmp`` beside its
+    path, made with the mode the umask gives, and only when every one is written are they renamed
+    into place (``more``: further path, write pairs, committed together). Readers never see half
+    a file; a failed write (full disk, read-only filesystem, file-size limit) removes the
+    temporaries, keeps the previous files and raises an OSError whose filename is the file and
+    whose strerror says so in one line."""
+    pairs = [(Path(path), write), *((Path(p), w) for p, w in zip(more[::2], more[1::2]))]
+    temps = [p.with_name(p.name + ".tmp") for p, _ in pairs]
+    failing = pairs[0][0]  # the file being written or renamed, for the message
+    try:
+        for (target, write_one), tmp in zip(pairs, temps):
+            failing = target
+            with open(tmp, "wb") as f:
+                write_one(f)
+        for (target, _), tmp in zip(pairs, temps):
+            failing = target
+            os.replace(tmp, target)
+    except BaseException as e:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if not isinstance(e, OSError):
+            raise
+        kept = "; the previous file is kept" if failing.exists() else ""
+        raise OSError(e.errno, f"cannot write ({e.strerror or _first_line(e)}){kept}", str(failing)) from None
+
+
 def write_json(path, obj, indent: int | None = 2) -> None:
-    """Write JSON atomically (a temp file, then rename): readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (write_atomically): readers never see half a file."""
+    text = json.dumps(obj, indent=indent, default=str) + "\n"
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path, strict: bool = False) -> dict:
@@ -299,9 +325,8 @@ class Run:
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Replace metrics.jsonl (atomically) with `rows`."""
-        tmp = self.file(METRICS + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, self.file(METRICS))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        write_atomically(self.file(METRICS), lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: dict) -> None:
         with open(self.file(METRICS), "a") as f:
@@ -351,12 +376,11 @@ class Run:
                 raise RunError(f"{self.file(CHECKPOINT)}: {message}")
 
     def save_encoder(self, encoder: torch.nn.Module) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
-        tmp = self.file(ENCODER + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.file(ENCODER))
+        blob = save(tensors)  # bytes, written by us: save_file made the file 0600 whatever the umask
+        write_atomically(self.file(ENCODER), lambda f: f.write(blob))
 
     def load_model(self, device="cpu") -> tuple[Config, torch.nn.Module]:
         """(config, model) of a finished run: the method built from config.json with the trained
@@ -406,8 +430,14 @@ class Run:
     def eval(self) -> dict:
         return read_json(self.file(EVAL))
 
-    def write_eval(self, result: dict) -> None:
-        write_json(self.file(EVAL), result, indent=None)  # compact: it holds per-image predictions
+    def write_eval(self, result: dict, features: dict | None = None) -> None:
+        """eval.json (compact: it holds per-image predictions) and, given ``features`` ({name:
+        array}), the features.npz it scored, committed together: a failed write keeps both old files."""
+        text = json.dumps(result, default=str) + "\n"
+        pairs = [self.file(EVAL), lambda f: f.write(text.encode())]
+        if features is not None:
+            pairs = [self.file(FEATURES), lambda f: np.savez(f, **features), *pairs]
+        write_atomically(*pairs)
 
     def eval_current(self, cfg_hash: str | None = None, data=None) -> bool:
         """The one rule for "is eval.json current": it holds results, computed for the config with
@@ -425,9 +455,7 @@ class Run:
         return data is None or Path(ev.get("data", "")).resolve() == Path(data).resolve()
 
     def save_features(self, arrays: dict) -> None:
-        tmp = self.file("features.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.file(FEATURES))
+        write_atomically(self.file(FEATURES), lambda f: np.savez(f, **arrays))
 
     def load_features(self) -> dict | None:
         """features.npz as {name: array}, None when missing or unreadable."""
@@ -445,9 +473,7 @@ class Run:
             return None
 
     def save_tsne(self, key: str, embeddings: dict) -> None:
-        tmp = self.file("tsne.tmp.npz")
-        np.savez(tmp, key=np.array(key), **embeddings)
-        os.replace(tmp, self.file(TSNE))
+        write_atomically(self.file(TSNE), lambda f: np.savez(f, key=np.array(key), **embeddings))
 
     # --- records of sweeps --------------------------------------------------------------------
 
