@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from faults_table import Faults
 from helpers import TINY_PRESET, make_tiny
 from selfsup import cli, results, sweep
 
 REPO = Path(__file__).resolve().parents[1]
-FAULTS: dict[str, tuple[int, str]] = {}  # fault -> (exit status, message), filled by the tests below
+FAULTS = Faults(__file__, minimum=10)  # fault -> (exit status, message), filled by the tests below
+record = FAULTS.record
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,6 @@ def run_cli(args, tmp) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         code = cli.main([str(a) for a in args])
     return code, err.getvalue().strip().replace(str(tmp), "<tmp>").replace(str(REPO), "<repo>")
-
-
-def record(fault: str, code: int, message: str, expect_code: int = 2) -> None:
-    assert code == expect_code, message
-    assert message.startswith("selfsup: error: ") and "\n" not in message and "Traceback" not in message, message
-    FAULTS[fault] = (code, re.sub(r"pid \d+ on \S+?;", "pid <pid> on <host>;", message))
 
 
 def write_spec(tmp_path, tiny, **spec) -> Path:
@@ -196,3 +192,7 @@ def test_report_parameter_names_are_declared_identifiers(tmp_path, monkeypatch):
         record(fault, code, msg)
         assert "05_report.ipynb" in msg and "final_run" in msg
     assert not marker.exists() and not (tmp_path / "rep").exists()
+
+
+def test_faults_table_is_current():
+    FAULTS.check()
