@@ -13,6 +13,7 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
     tsne.npz              the t-SNE of those features, keyed by their bytes
     summary.json          headline numbers recorded by the training notebook
     error.txt             why a sweep point failed
+    job.json              the SLURM job that runs it (selfsup.cluster): job id, log files, result file
 
 Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
 pickles, and checkpoints through ``torch.load(weights_only=True)``, so a crafted run folder can
@@ -49,6 +50,7 @@ FEATURES = "features.npz"
 TSNE = "tsne.npz"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
+JOB = "job.json"
 LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
 
 
@@ -425,6 +427,14 @@ class Run:
 
     def clear_error(self) -> None:
         self.file(ERROR).unlink(missing_ok=True)
+
+    def job(self) -> dict | None:
+        """The SLURM job record (job_id, stdout, stderr, result, submitted), None when never submitted."""
+        return read_json(self.file(JOB)) or None
+
+    def write_job(self, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.file(JOB), record)
 
     def headline(self) -> dict:
         """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes

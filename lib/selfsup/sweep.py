@@ -18,6 +18,7 @@ normally the repository root):
     seeds: 3                          # each point trained with seeds 0, 1, 2 (or a list [0, 5, 7]);
                                       # default: the preset's `seeds`, else one run at its `seed`
     parameters: {}                    # extra papermill parameters for the notebook (optional)
+    cluster: {partition: gpu, gpus_per_task: 1, time_min: 600}  # for --executor slurm (selfsup.cluster)
 
 The points are the union of the three lists; points that resolve to the same config (say
 `temperature: 0.1` in `axes` when the base already has 0.1) run once and belong to every axis
@@ -47,7 +48,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
+from . import cluster, config
 from .config import ConfigError
 from .data import fingerprint, load_dataset
 from .results import RESULT_COLUMNS, RESULTS, run_summary, write_results
@@ -55,19 +56,8 @@ from .runs import Run, RunError, write_json
 from .workbook import execute_notebook
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
-SWEEP_KEYS = (
-    "name",
-    "title",
-    "seeds",
-    "notebook",
-    "preset",
-    "data",
-    "evaluate",
-    "overrides",
-    "grid",
-    "axes",
-    "points",
-    "parameters",
+SWEEP_KEYS = tuple(
+    "name title seeds notebook preset data evaluate overrides grid axes points parameters cluster".split()
 )
 # The course report's ablation sweeps, in the report's order: configs/sweeps/course_<stem>.yaml.
 # Their axes, values and titles are read from the files (course_axes), the one source.
@@ -117,6 +107,7 @@ class Sweep:
     points: list[Point]
     keys: list[str]  # the varied config keys, in first-seen order: the table's parameter columns
     source: str
+    cluster: dict | None = None  # the file's cluster block, for --executor slurm
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +267,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     if not candidates:
         raise ConfigError(f"{source}: no points: give at least one of 'grid', 'axes' or 'points'")
 
+    cluster.cluster_options(spec.get("cluster"), source=source)  # a bad cluster block fails here, not at submission
     out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
     seeds = config.parse_seeds(spec["seeds"], source) if "seeds" in spec else config.preset_seeds(preset)
     out = _with_seeds(out, seeds)
@@ -290,6 +282,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         points=out,
         keys=keys,
         source=source,
+        cluster=spec.get("cluster"),
     )
 
 
@@ -391,18 +384,25 @@ def visible_gpus() -> list[str]:
     return ids[:n]
 
 
-def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> Path:
+def run_sweep(
+    file, data=None, runs_root="runs", jobs=None, progress=True, executor="local", cluster_args=None, detach=False
+) -> Path:
     """Execute the sweep `file` (YAML path or dict, see the module docstring); returns the path of
     runs/<name>/results.csv (one row per point). Finished points are skipped; failing points are
     recorded and the others still run. jobs: points in parallel (default: one per visible GPU,
-    else 1); with several GPUs each worker sees one (CUDA_VISIBLE_DEVICES)."""
+    else 1); with several GPUs each worker sees one (CUDA_VISIBLE_DEVICES). executor "slurm": one SLURM
+    job array (selfsup.cluster; cluster_args override the file's cluster block; detach: submit, return)."""
     sweep = load_sweep(file, data=data, runs_root=runs_root)
     root = Path(runs_root) / sweep.name
+    opts = executor == "slurm" and cluster.cluster_options(sweep.cluster, cluster_args, sweep.source)
+    slurm = opts and dict(opts=opts, detach=detach, progress=progress)
     with Run(root).lock("sweep folder"):  # one sweep at a time per folder: a second one is refused
-        return _run_sweep(sweep, root, jobs, progress)
+        if slurm and cluster.attach([(p.slug, str(p.run_dir)) for p in sweep.points], sweep.name, **slurm):
+            return root / RESULTS  # detached while runs are still in flight: nothing new submitted
+        return _run_sweep(sweep, root, jobs, progress, slurm)
 
 
-def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
+def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool, slurm=None) -> Path:
     _write_definition(sweep, root)
 
     _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {root}")
@@ -446,7 +446,9 @@ def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
     jobs = max(1, min(int(jobs), len(tasks) or 1))
     outcomes = {}
     _log(progress, f"[{sweep.name}] {len(tasks)} to run, {jobs} at a time")
-    if jobs == 1:
+    if slurm:  # one SLURM job array, each task running _execute_point on a node
+        outcomes = cluster.run_array(tasks, _execute_point, root, sweep.name, **slurm)
+    elif jobs == 1:
         for t in tasks:
             _log(progress, f"[{sweep.name}] {t['slug']}: {'resuming' if t['state'] == 'resume' else 'running'} ...")
             outcomes[t["slug"]] = out = _execute_point(t)
