@@ -83,6 +83,13 @@ def cluster_options(block, overrides: dict | None = None, source: str = "--clust
     return out
 
 
+def checked_block(block, source: str):
+    """A sweep file's `cluster:` block as it is, once cluster_options accepts it (so a bad block
+    fails when the file is read, not at submission)."""
+    cluster_options(block, source=source)
+    return block
+
+
 def _checked(name: str, key: str, value):
     kind, what = CLUSTER_KEYS[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -18,7 +18,6 @@ normally the repository root):
     seeds: 3                          # each point trained with seeds 0, 1, 2 (or a list [0, 5, 7]);
                                       # default: the preset's `seeds`, else one run at its `seed`
     parameters: {}                    # extra papermill parameters for the notebook (optional)
-    cluster: {partition: gpu, gpus_per_task: 1, time_min: 600}  # for --executor slurm (selfsup.cluster)
 
 The points are the union of the three lists; points that resolve to the same config (say
 `temperature: 0.1` in `axes` when the base already has 0.1) run once and belong to every axis
@@ -267,7 +266,6 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
     if not candidates:
         raise ConfigError(f"{source}: no points: give at least one of 'grid', 'axes' or 'points'")
 
-    cluster.cluster_options(spec.get("cluster"), source=source)  # a bad cluster block fails here, not at submission
     out, keys = _resolve(candidates, preset, fixed, Path(runs_root) / name)
     seeds = config.parse_seeds(spec["seeds"], source) if "seeds" in spec else config.preset_seeds(preset)
     out = _with_seeds(out, seeds)
@@ -282,7 +280,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         points=out,
         keys=keys,
         source=source,
-        cluster=spec.get("cluster"),
+        cluster=cluster.checked_block(spec.get("cluster"), source),  # for --executor slurm (selfsup.cluster)
     )
 
 
