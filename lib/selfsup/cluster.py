@@ -15,13 +15,14 @@ Everything this project says to a cluster goes through here (DINO and MAE launch
 - `submit_train` runs `selfsup train` on N nodes x T tasks: each task sets the variables torchrun
   would set (submitit's TorchDistributedEnvironment) and then takes the torchrun code path.
 
-Job states come from `squeue --me` (terminal states stay listed for the cluster's MinJobAge), with
+Job states come from `squeue -u USER` (terminal states stay listed for the cluster's MinJobAge), with
 a job's result file as the final word; submitit's own watcher calls sacct, which needs the
 accounting daemon that many small clusters (and scripts/slurm_local.sh) do not run.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -260,21 +261,23 @@ def run_array(tasks: list[dict], execute, root: Path, name: str, opts: dict, det
     return wait([(t["slug"], t["run_dir"]) for t in tasks], name, progress)
 
 
-def queue_states() -> dict[str, str]:
-    """{job id (12 or 12_3): SLURM state} of this user's jobs squeue still lists; {} without squeue."""
+def queue_states() -> dict[str, str] | None:
+    """{job id (12 or 12_3): SLURM state} of this user's jobs that squeue still lists; None when
+    squeue did not answer (a busy controller), so that no job is taken for ended on a failed call."""
+    cmd = ["squeue", "-u", getpass.getuser(), "-h", "-r", "-t", "all", "-o", "%i|%T"]
     try:
-        out = subprocess.run(
-            ["squeue", "--me", "-h", "-r", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True, timeout=60
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if out.returncode != 0:
+        return None
     return dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
 
 
 def run_state(run_dir, states: dict[str, str]) -> tuple[str, dict]:
     """(state, job record) of a run folder: finished / failed / queued / running / stopped (its job
     ended, the run did not) / not submitted."""
-    run = Run(run_dir)
+    run, states = Run(run_dir), states or {}
     job = run.job()
     if job and not Path(job["result"]).exists() and job["job_id"] in states:
         live = LIVE.get(states[job["job_id"]])
@@ -318,8 +321,8 @@ def wait(runs: list[tuple[str, str]], name: str, progress: bool = True) -> dict:
             job = Run(run_dir).job()
             if Path(job["result"]).exists():
                 outcomes[slug] = _outcome(slug, job)
-            elif LIVE.get(states.get(job["job_id"], "")):
-                continue
+            elif states is None or LIVE.get(states.get(job["job_id"], "")):
+                continue  # still queued or running (or squeue did not answer: ask again)
             else:  # gone from the queue, or ended, without a result
                 time.sleep(1)  # the result file may still be on its way (a network filesystem)
                 if Path(job["result"]).exists():
