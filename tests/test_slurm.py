@@ -25,7 +25,7 @@ import yaml
 from helpers import TINY_PRESET, TINY_RUN, make_tiny
 from selfsup import cli, cluster, config, data, demo_data, results, sweep, train
 from selfsup.config import ConfigError
-from selfsup.runs import Run
+from selfsup.runs import CHECKPOINT, Run
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("SELFSUP_REQUIRE_SLURM") == "1"
@@ -126,6 +126,14 @@ def test_a_requeued_point_resumes():
     again = cluster.PointTask(len, task).checkpoint()
     assert isinstance(again, submitit.helpers.DelayedSubmission)
     assert again.function.task["parameters"] == {"resume": True, "lr": 1} and task["parameters"]["resume"] is False
+
+
+def test_a_requeued_training_job_resumes_once_it_has_a_checkpoint(tmp_path):
+    job = cluster.TrainJob(cli.main, ["train", "--run-dir", str(tmp_path)], str(tmp_path))
+    assert job.checkpoint().function.argv == job.argv  # nothing to resume from yet: start again
+    (tmp_path / CHECKPOINT).write_bytes(b"")
+    again = job.checkpoint().function
+    assert again.argv == [*job.argv, "--resume"] and again.checkpoint().function.argv == again.argv
 
 
 # ---------------------------------------------------------------------------------------------

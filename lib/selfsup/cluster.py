@@ -37,7 +37,7 @@ import yaml
 from submitit.core.utils import pickle_load
 
 from .config import ConfigError
-from .runs import Run, now
+from .runs import Run, RunError, now
 
 # key: (type, what the value must be); ints and floats must be positive (gpus_per_task may be 0)
 CLUSTER_KEYS = {
@@ -345,7 +345,10 @@ def _outcome(slug: str, job: dict) -> dict:
     status, value = pickle_load(job["result"])
     if status == "success":
         return value if isinstance(value, dict) else dict(slug=slug, ok=True)
-    first = str(value).strip().splitlines()[-1] if str(value).strip() else "failed"
+    # the task's own one-line error (selfsup's CLI prints it to the log), else the exception's last line
+    log = Path(job["stderr"]).read_text(errors="replace").splitlines() if Path(job["stderr"]).exists() else []
+    ours = [line for line in log if line.startswith("selfsup: error: ")]
+    first = ours[-1].removeprefix("selfsup: error: ") if ours else (str(value).strip().splitlines() or ["failed"])[-1]
     return dict(slug=slug, ok=False, error=f"SLURM job {job['job_id']}: {first}; see {job['stderr']}")
 
 
@@ -384,6 +387,13 @@ def submit_train(
     its files in RUN_DIR/../slurm-<run name>/; waits for it unless detach. Returns the exit status."""
     tasks = gpus_per_node or opts.get("tasks_per_node", 1)
     run = Path(run_dir)
+    state, job = run_state(run, queue_states())
+    if "--resume" not in argv and Run(run).has_checkpoint():  # what the job would say, said before queueing
+        raise RunError(f"{run}: already holds a run (its checkpoint); pass --resume or choose a new --run-dir")
+    if state in ("queued", "running"):  # a second job would collide with it in the run folder
+        raise ClusterError(
+            f"{run}: SLURM job {job['job_id']} is still {state} for this run folder; wait for it or cancel it"
+        )
     folder = run.resolve().parent / f"slurm-{run.name}"
     ex = executor(folder, opts, f"selfsup-{run.name}", nodes=nodes, tasks_per_node=tasks, gpus_per_node=gpus_per_node)
     job = ex.submit(TrainJob(main, argv, str(run.resolve())))
