@@ -258,7 +258,15 @@ def run_array(tasks: list[dict], execute, root: Path, name: str, opts: dict, det
             "the same command again collects the results",
         )
         return {}
-    return wait([(t["slug"], t["run_dir"]) for t in tasks], name, progress)
+    try:
+        return wait([(t["slug"], t["run_dir"]) for t in tasks], name, progress)
+    except KeyboardInterrupt:  # the jobs are the cluster's now: say how to get them back or stop them
+        _say(
+            True,
+            f"[{name}] stopped waiting; job {array} keeps running: the same command collects it, "
+            f"scancel {array} stops it",
+        )
+        raise
 
 
 def queue_states() -> dict[str, str] | None:
