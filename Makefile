@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export MPLBACKEND := Agg
 
-.PHONY: setup tex chromium data demo test lint report sweep lab check-browser clean
+.PHONY: setup tex chromium slurm data demo test lint report sweep lab check-browser clean
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
@@ -31,6 +31,12 @@ tex:  ## TeX + pandoc for the PDF report (Debian/Ubuntu packages; sudo when not 
 
 chromium:  ## Debian's chromium for the browser checks (Playwright drives it; no browser download; about 30 s)
 	@bash scripts/install_chromium.sh
+
+# A one-node SLURM cluster on this host (munged, slurmctld, slurmd; state and logs in /tmp/selfsup-slurm) for
+# `--executor slurm` and tests/test_slurm.py: installs slurm-wlm and munge when missing (apt-get, ~15 s), then
+# starts in about a second; idempotent. Stop it with  scripts/slurm_local.sh stop  (only the daemons it started).
+slurm:  ## a one-node SLURM cluster here, for --executor slurm and its tests (Debian/Ubuntu; sudo when not root)
+	@bash scripts/slurm_local.sh start
 
 data: setup data/demo/train.npz
 

@@ -20,8 +20,16 @@ FORBIDDEN = {
     ("runs", "report"),
     ("config", "runs"),
     ("methods", "config"),
+    # the cluster layer submits what others define (a sweep's task function, the CLI's main), never imports them
+    ("cluster", "sweep"),
+    ("cluster", "train"),
+    ("runs", "cluster"),
+    ("train", "cluster"),
     *((m, "cli") for m in MODULES),
-    *((m, "report") for m in ("train", "evaluate", "sweep", "runs", "workbook", "display", "plots", "knn", "probe")),
+    *(
+        (m, "report")
+        for m in ("train", "evaluate", "sweep", "runs", "workbook", "display", "plots", "knn", "probe", "cluster")
+    ),
 }
 
 

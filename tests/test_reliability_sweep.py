@@ -9,7 +9,6 @@ tests/test_reliability.py are (see its test_faults_table_is_current).
 import contextlib
 import io
 import json
-import re
 from pathlib import Path
 
 import pytest

@@ -6,8 +6,10 @@
     selfsup data info DIR
     selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume] [--eval]
     torchrun --nproc-per-node N -m selfsup.cli train ...   the same, data-parallel over N processes
+    selfsup train ... --executor slurm --nodes N --gpus-per-node G [--cluster KEY=VALUE ...] [--detach]
     selfsup eval --run-dir DIR --data DIR
     selfsup sweep configs/sweeps/NAME.yaml [--data DIR] [--runs runs] [--jobs N]
+    selfsup sweep FILE --executor slurm [--cluster KEY=VALUE ...] [--detach]   (--status: where each run is)
     selfsup report [--notebook notebooks/05_report.ipynb] [--out reports]
 
 Every input problem ends in one line on stderr naming the file or key, and exit status 2.
@@ -19,8 +21,22 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from . import config, data, demo_data, download, evaluate, imagefolder, pipeline, results, runs, sweep, workbook
+from . import (
+    cluster,
+    config,
+    data,
+    demo_data,
+    download,
+    evaluate,
+    imagefolder,
+    pipeline,
+    results,
+    runs,
+    sweep,
+    workbook,
+)
 from .config import ConfigError
 from .data import DataError
 from .runs import RunError
@@ -74,6 +90,16 @@ def _data(args):
 
 
 def _train(args):
+    if args.executor == "slurm":  # this command in every task of one SLURM job (selfsup.cluster)
+        cfg_file, data_dir, run_dir = (str(Path(p).resolve()) for p in (args.config, args.data, args.run_dir))
+        argv = ["train", "--config", cfg_file, "--data", data_dir, "--run-dir", run_dir, "--no-progress"]
+        argv += [f"--set={s}" for s in args.set or []] + (["--resume"] if args.resume else [])
+        argv += ["--eval"] if args.eval else []
+        opts = cluster.cluster_options(None, cluster.parse_cluster_args(args.cluster))
+        code = cluster.submit_train(main, argv, args.run_dir, opts, args.nodes, args.gpus_per_node, args.detach)
+        if not code and not args.detach:
+            print(json.dumps(runs.Run(args.run_dir).info().get("final", {})))
+        return code
     cfg = config.load(args.config, config.parse_overrides(args.set))
     ds = data.load_dataset(args.data)
     out = pipeline.run(
@@ -93,10 +119,24 @@ def _eval(args):
 
 
 def _sweep(args):
+    if args.status:  # every run: finished / failed / queued / running / stopped / not submitted
+        points = sweep.load_sweep(args.file, data=args.data, runs_root=args.runs).points
+        print("\n".join(cluster.status_lines([(p.slug, str(p.run_dir)) for p in points])))
+        return 0
     s = sweep.load_sweep(args.file, data=args.data, runs_root=args.runs)
-    rows = sweep.run_sweep(s, jobs=args.jobs, progress=not args.no_progress)
+    cluster_args = cluster.parse_cluster_args(args.cluster)
+    rows = sweep.run_sweep(
+        s,
+        jobs=args.jobs,
+        progress=not args.no_progress,
+        executor=args.executor,
+        cluster_args=cluster_args,
+        detach=args.detach,
+    )
     table = s.root / results.RESULTS
     print(f"results: {table}")
+    if args.detach:
+        return 0
     bad = [r for r in rows if r["status"] != "finished"]
     if bad:  # the others ran; the exit status still says the sweep is incomplete
         see = (
@@ -219,6 +259,15 @@ def _data_parser(sub) -> None:
     d.set_defaults(fn=_data)
 
 
+def _executor_options(p: argparse.ArgumentParser) -> None:
+    """Where `train` and `sweep` run: here, or on a SLURM cluster through submitit (selfsup.cluster)."""
+    p.add_argument("--executor", choices=["local", "slurm"], default="local", help="where to run (default local)")
+    p.add_argument(
+        "--cluster", action="append", metavar="KEY=VALUE", help="a SLURM option (repeatable), e.g. partition=gpu"
+    )
+    p.add_argument("--detach", action="store_true", help="--executor slurm: submit, print the job id, and exit")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -232,6 +281,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     t.add_argument("--eval", action="store_true", help="then evaluate it, as `selfsup eval` does (eval.json)")
     t.add_argument("--no-progress", action="store_true")
+    _executor_options(t)
+    t.add_argument("--nodes", type=int, default=1, help="--executor slurm: nodes for this run (default 1)")
+    t.add_argument("--gpus-per-node", type=int, default=0, help="--executor slurm: GPUs (= processes) a node")
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="k-NN and linear probes in- and out-of-distribution -> eval.json")
@@ -245,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", default="runs", help="root folder for sweep run folders")
     s.add_argument("--jobs", type=int, default=None, help="points in parallel (default: one per GPU, else 1)")
     s.add_argument("--no-progress", action="store_true")
+    _executor_options(s)
+    s.add_argument("--status", action="store_true", help="list every run: state, SLURM job id, log file")
     s.set_defaults(fn=_sweep)
 
     r = sub.add_parser("report", help="execute the report notebook and export HTML, PDF and Markdown")
@@ -267,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args) or 0
-    except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed) as e:
+    except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed, cluster.ClusterError) as e:
         print(f"selfsup: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a write that failed (read-only filesystem, full disk, file-size limit): its file, its cause

@@ -13,6 +13,7 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
     features.npz          val / OOD backbone features of the evaluation (figures, explorer)
     tsne.npz              the t-SNE of those features, keyed by their bytes
     error.txt             why a sweep point failed
+    job.json              the SLURM job that runs it (selfsup.cluster): job id, log files, result file
 
 Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
 pickles, and checkpoints through ``torch.load(weights_only=True)``, so a crafted run folder can
@@ -49,6 +50,7 @@ EVAL = "eval.json"
 FEATURES = "features.npz"
 TSNE = "tsne.npz"
 ERROR = "error.txt"
+JOB = "job.json"
 LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
 # Every name a run writes into its folder (and their temporaries, NAME.tmp, features.tmp.npz and
 # tsne.tmp.npz): a folder holding anything else is not a run, and nothing may clear it.
@@ -84,7 +86,7 @@ def write_atomically(path, write, *more) -> None:
         if not isinstance(e, OSError):
             raise
         kept = "; the previous file is kept" if failing.exists() else ""
-        raise OSError(e.errno, f"cannot write ({e.strerror or _first_line(e)}){kept}", str(failing)) from None
+        raise OSError(e.errno, f"cannot write ({e.strerror or first_line(e)}){kept}", str(failing)) from None
 
 
 def write_json(path, obj, indent: int | None = 2) -> None:
@@ -494,6 +496,14 @@ class Run:
 
     def clear_error(self) -> None:
         self.file(ERROR).unlink(missing_ok=True)
+
+    def job(self) -> dict | None:
+        """The SLURM job record (job_id, stdout, stderr, result, submitted), None when never submitted."""
+        return read_json(self.file(JOB)) or None
+
+    def write_job(self, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.file(JOB), record)
 
     def headline(self) -> dict:
         """status, epochs, train_loss, wall_clock_s, config_hash, eval.json's summary and the sizes

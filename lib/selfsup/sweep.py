@@ -48,7 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config, launch
+from . import cluster, config, launch
 from .config import ConfigError
 from .data import fingerprint, load_dataset
 from .results import RESULTS, run_summary, write_results
@@ -56,19 +56,8 @@ from .runs import Run, RunError, write_json
 from .workbook import check_parameters
 
 DEFAULT_NOTEBOOK = "notebooks/03_train.ipynb"
-SWEEP_KEYS = (
-    "name",
-    "title",
-    "seeds",
-    "notebook",
-    "preset",
-    "data",
-    "evaluate",
-    "overrides",
-    "grid",
-    "axes",
-    "points",
-    "parameters",
+SWEEP_KEYS = tuple(
+    "name title seeds notebook preset data evaluate overrides grid axes points parameters cluster".split()
 )
 # The course report's ablation sweeps, in the report's order: configs/sweeps/course_<stem>.yaml.
 # Their axes, values and titles are read from the files (course_axes), the one source.
@@ -121,6 +110,7 @@ class Sweep:
     keys: list[str]  # the varied config keys, in first-seen order: the table's parameter columns
     source: str
     root: Path  # runs/<name>: the sweep's folder
+    cluster: dict | None = None  # the file's cluster block, for --executor slurm
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,6 +283,7 @@ def load_sweep(file: str | Path | dict, data: str | Path | None = None, runs_roo
         keys=keys,
         source=source,
         root=root,
+        cluster=cluster.checked_block(spec.get("cluster"), source),  # for --executor slurm (selfsup.cluster)
     )
 
 
@@ -358,19 +349,27 @@ def point_state(
 # Running a sweep: the points' states, their executions (selfsup.launch), the tables
 
 
-def run_sweep(file, data=None, runs_root="runs", jobs=None, progress=True) -> list[dict]:
+def run_sweep(
+    file, data=None, runs_root="runs", jobs=None, progress=True, executor="local", cluster_args=None, detach=False
+) -> list[dict]:
     """Execute the sweep `file` (YAML path, dict or a loaded Sweep, see the module docstring):
     write runs/<name>/results.csv and summary.csv and return results.csv's rows (one per point
     and seed). Finished points are skipped; failing points are recorded and the others still run.
     jobs: points in parallel (default: one per visible GPU, else 1); with several GPUs each
-    worker sees one (CUDA_VISIBLE_DEVICES)."""
+    worker sees one (CUDA_VISIBLE_DEVICES). executor "slurm": the points as one SLURM job array
+    (selfsup.cluster; cluster_args override the file's `cluster:` block; detach: submit and return
+    without waiting, the rows then saying which runs are still to come)."""
     sweep = file if isinstance(file, Sweep) else load_sweep(file, data=data, runs_root=runs_root)
     _check_inside(sweep.root, sweep.root.parent, "a sweep")
+    opts = executor == "slurm" and cluster.cluster_options(sweep.cluster, cluster_args, sweep.source)
+    slurm = opts and dict(opts=opts, detach=detach, progress=progress)
     with Run(sweep.root).lock("sweep folder"):  # one sweep at a time per folder: a second one is refused
-        return _run_sweep(sweep, jobs, progress)
+        if slurm and cluster.attach([(p.slug, str(p.run_dir)) for p in sweep.points], sweep.name, **slurm):
+            return []  # detached while runs of an earlier submission are still in flight: nothing new
+        return _run_sweep(sweep, jobs, progress, slurm)
 
 
-def _run_sweep(sweep: Sweep, jobs, progress: bool) -> list[dict]:
+def _run_sweep(sweep: Sweep, jobs, progress: bool, slurm=None) -> list[dict]:
     _write_definition(sweep)
     _log(progress, f"[{sweep.name}] {len(sweep.points)} points -> {sweep.root}")
     for p in sweep.points:
@@ -390,7 +389,10 @@ def _run_sweep(sweep: Sweep, jobs, progress: bool) -> list[dict]:
             _log(progress, f"[{sweep.name}] {p.slug}: finished earlier, skipped")
             continue
         tasks.append(dict(slug=p.slug, run_dir=str(p.run_dir), state=state, **_execution(sweep, p, state)))
-    outcomes = launch.run_points(tasks, jobs, lambda message: _log(progress, f"[{sweep.name}] {message}"))
+    if slurm:  # one SLURM job array, each task running launch.execute_point on a node
+        outcomes = cluster.run_array(tasks, launch.execute_point, sweep.root, sweep.name, **slurm)
+    else:
+        outcomes = launch.run_points(tasks, jobs, lambda message: _log(progress, f"[{sweep.name}] {message}"))
     rows = [_row(p, sweep, outcomes.get(p.slug)) for p in sweep.points]
     write_results(rows, sweep.keys, sweep.root / RESULTS)  # and summary.csv: one row per point
     failed = sum(r["status"] != "finished" for r in rows)
