@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 
 from selfsup import augment, pixels, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
-from selfsup.runs import environment as run_environment
+from selfsup.provenance import environment as run_environment
 from selfsup.train import images_to_device
 
 try:
@@ -301,7 +301,7 @@ def train_step(cfg, batches, device, n_images):
 
 
 def environment(device) -> dict:
-    """The run record's environment (selfsup.runs.environment: versions, device, threads) plus
+    """The run record's environment (selfsup.provenance.environment: versions, device, threads) plus
     what a speed number needs beside it: date, processor, cores, load and peak memory."""
     cpu = (
         next(

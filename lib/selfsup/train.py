@@ -31,7 +31,8 @@ from .features import extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
 from .optim import make_optimizer, warmup_cosine
-from .runs import CHECKPOINT, Run, RunError, environment, first_line, now, restore, training_state
+from .provenance import environment
+from .runs import CHECKPOINT, Run, RunError, first_line, now, restore, training_state
 
 # In fp16 the GradScaler skips the optimizer step when gradients overflow (its first steps, while it
 # finds the scale); the lr schedule still advances once per step, as in PyTorch's AMP recipe, so
