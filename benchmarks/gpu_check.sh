@@ -4,7 +4,8 @@
 # global deadline of 8 minutes. Steps, in the order that keeps the headline numbers if time runs out:
 #   env         versions, cores, load; nvidia-smi
 #   data        with no DATA_DIR, the demo set (python -m selfsup.cli data demo) in a work folder
-#   cuda_tests  the CUDA tests: augmentation and losses with no host sync, bf16 losses in fp32
+#   cuda_tests  the CUDA tests: augmentation and losses with no host sync, bf16 losses in fp32, the
+#               precision auto picks, the dataset moved with one copy, one sync for the state check
 #   throughput  the card's matmul rate; then for each method (ResNet18, imagenet stem, 64x64, batch 1024,
 #               bf16, channels_last, fused AdamW) our training step vs the usual torchvision +
 #               DataLoader pipeline (all cores as workers): images/s, the ratio, and the step's
@@ -147,7 +148,8 @@ fi
 
 if [[ $DEVICE == cuda* ]]; then
     # Only the CUDA tests (the device image lacks papermill/pypdf, which other test files import).
-    step cuda_tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py -k cuda
+    step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py \
+        tests/test_gpu_config.py -k cuda
 else
     skip cuda_tests "no CUDA device ($DEVICE)"
 fi

@@ -261,3 +261,46 @@ def test_figures_use_the_features_eval_json_scored(tiny, tmp_path):
     made = report.make_figures(run, folder, tmp_path / "figs", dataset=ds, ev=ev, n_images=4)
     assert all(p.is_file() for p in made["paths"].values())
     assert json.loads((tmp_path / "figs" / "figures.json").read_text())["config_hash"] == Run(run).info()["config_hash"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The same on a CUDA card (benchmarks/gpu_check.sh runs these: pytest -k cuda)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_auto_precision_is_what_the_card_computes_in():
+    cfg = config.load(None, {**TINY_RUN, "precision": "auto", "device": "cuda"})
+    native = torch.cuda.get_device_capability()[0] >= 8
+    assert train.amp_dtype(cfg, torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
+
+
+@cuda
+def test_cuda_images_move_with_one_copy_on_the_card():
+    images = np.random.default_rng(0).integers(0, 256, (20_000, 64, 64, 3), dtype=np.uint8)  # 246 MB
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    x = train.images_to_device(images, torch.device("cuda"))
+    peak = torch.cuda.max_memory_allocated() - before
+    assert peak <= images.nbytes + 8192 * 64 * 64 * 3 + 2**21, (peak, images.nbytes)  # the set + one chunk
+    assert torch.equal(x[::997].cpu(), torch.from_numpy(images[::997]).permute(0, 3, 1, 2))
+
+
+@cuda
+def test_cuda_non_finite_check_waits_for_the_card_once(tiny):
+    _, ds = tiny
+    cfg = config.load(None, {**TINY_RUN, "device": "cuda", "epochs": 1})
+    s = train.build(cfg, len(ds.train), torch.device("cuda"))
+    x = torch.from_numpy(ds.train.images[:32]).permute(0, 3, 1, 2).cuda()
+    s.step(*s.aug(x))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")  # a warning for every operation that waits for the card
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert train.non_finite(s.model, s.opt) is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
