@@ -1,25 +1,43 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, on a bare GPU box that holds only this repository (torch and
-# torchvision, maybe no papermill or pypdf), within a global deadline of 8 minutes:
+# What the course run needs, measured on a bare GPU box that holds only this repository (torch,
+# torchvision, numpy, scikit-learn; no papermill, pooch, nbconvert or pypdf), in one run within a
+# global deadline of 8 minutes. Steps, in the order that keeps the headline numbers if time runs out:
 #   env         versions, cores, load; nvidia-smi
 #   data        with no DATA_DIR, the demo set (python -m selfsup.cli data demo) in a work folder
-#               (smoke mode: the same generator, a tenth of the images)
-#   cuda_tests  the CUDA tests: augmentation and losses with no host sync, bf16 losses in fp32
-#   throughput  ours vs the usual pipeline (ResNet18, imagenet stem, batch 1024, bf16; aug and train)
-#   cifar       the same, cifar stem, training steps only
-#   knn, probe  k-NN (100k x 512, 10k queries) and the linear probe, on the GPU vs scikit-learn
-#   compile     the imagenet-stem training step with torch.compile
-#   learning    a short accuracy run: the course preset (ResNet18, SimCLR tau 0.1), 30 epochs
+#   cuda_tests  the CUDA tests: augmentation and losses with no host sync, bf16 losses in fp32, the
+#               precision auto picks, the dataset moved with one copy, one sync for the state check
+#   throughput  the card's matmul rate; then for each method (ResNet18, imagenet stem, 64x64, batch 1024,
+#               bf16, channels_last, fused AdamW) our training step vs the usual torchvision +
+#               DataLoader pipeline (all cores as workers): images/s, the ratio, and the step's
+#               FLOP rate as a fraction of the matmul rate (throughput.json)
+#   epoch       the course run as a user runs it: 2 epochs of 100,000 random 64x64 images with
+#               monitoring and checkpoints, its wall time, peak GPU memory with the uint8 set resident,
+#               the projected 300-epoch time; then features of the 100k + 10k images by the model
+#               (timed), the k-NN (100k x 512) and the linear probe at 100k (epoch.json)
+#   compiled    our training step with torch.compile, for each method (compiled.json)
+#   learning    a short accuracy run: the course preset (SimCLR, tau 0.1), 30 epochs, on DATA_DIR
+#               (e.g. the shared tinyimagenet-10 set) else the demo set (learning.json)
 # Each step has its own time limit, cut to what is left of the deadline (skipped when too little is);
-# each writes its JSON to OUT as soon as it has numbers (throughput after every measurement).
-# OUT ends with at most 8 files (what the device tool brings back): log.txt, summary.txt (the
-# table printed at the end) and the JSON files. Copy the numbers into benchmarks/RESULTS.md.
+# each writes its JSON to OUT as soon as it has a number. OUT ends with at most 8 files (what the
+# device tool brings back): log.txt, summary.txt (benchmarks/gpu_check_summary.py: a row per method,
+# the epoch, memory and projection rows) and the JSON files. Copy the numbers into benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu_check.sh [DATA_DIR] [OUT_DIR]   # DATA_DIR: train.npz, val.npz[, ood.npz]
-#   SMOKE=1 bash benchmarks/gpu_check.sh "" OUT_DIR     # the same steps on the CPU at tiny sizes,
-#                                                       # CUDA-only steps skipped (tests/test_gpu_check.py)
-# Environment: PY (python3), BUDGET_S (480, the global deadline), WORKERS (DataLoader workers of the
-# usual pipeline; all cores), LEARN_EPOCHS (30), KEEP_WORK=1 keeps the work folder (data, runs).
+#   SMOKE=1 bash benchmarks/gpu_check.sh "" OUT_DIR     # the same steps on the CPU at tiny sizes
+#                                                       # (tests/test_gpu_check.py)
+# SMOKE only changes the sizes below; each can also be set on its own (the test of the GPU path runs
+# it on the CPU that way). Steps that need CUDA (cuda_tests) are skipped when DEVICE is not cuda.
+#   PY (python3), BUDGET_S (480, the global deadline), DEVICE (cuda), BACKBONE (resnet18), IMAGE_SIZE
+#   (64: of the throughput steps; the epoch's comes from its config), BATCH (1024),
+#   PRECISION (bf16), WORKERS (DataLoader workers of the usual pipeline; all cores), THREADS (torch
+#   threads; 0: torch's default), MATMUL (8192: matrix side of the matmul rate), METHODS (all four),
+#   COMPILE_METHODS (all four), WARMUP and STEPS (untimed and timed steps a measurement: WORKERS and
+#   2 x WORKERS), EPOCH_IMAGES (100000), VAL_IMAGES (10000), CLASSES (100),
+#   EPOCH_CONFIG (configs/course.yaml), EPOCH_SET (config overrides, "key=value ..."), THROUGHPUT_SET
+#   (the same for the throughput steps: smoke makes the heads small, as Barlow Twins' 8192-wide
+#   projector takes seconds a step on a CPU), DEMO_ARGS
+#   (options of `selfsup data demo`), LEARN_CONFIG (configs/course.yaml), LEARN_SET, LEARN_EPOCHS (30),
+#   KEEP_WORK=1 keeps the work folder (data, runs).
 #
 # The usual pipeline needs 2 x WORKERS batches an epoch (throughput.py checks it): 32,768 images at
 # 16 workers and batch 1024. A train.npz that small is used; a smaller one (the 2,000-image demo set)
@@ -47,19 +65,39 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 STATUS="$WORK/steps.tsv"
 : >"$STATUS"
 
-if [[ $SMOKE == 1 ]]; then  # tiny sizes on the CPU: the script's path end to end in well under a minute
-    # 2 x 2 workers x batch 64 = 256 images > the 200 made: random images, as on a bare GPU box.
-    DEVICE=cpu BACKBONE=convnet BATCH=64 PRECISION=fp32 WORKERS=${WORKERS:-2} THREADS=(--threads 1)
-    WARMUP=2 STEPS=4 LEARN_EPOCHS=${LEARN_EPOCHS:-1}
-    FEATURES=(--n-train 2000 --n-test 200 --dim 32 --classes 10)
-    LEARN=(--config "$ROOT/configs/demo.yaml" --set batch_size=64 --set width=8 --set eval_every=0 --threads 1)
+# The sizes: the only thing SMOKE changes. Smoke: tiny sizes on the CPU, the script's path end to end
+# in a minute or two: the usual pipeline in the main process (WORKERS=0: no worker processes to
+# start on a small shared CPU; tests/test_gpu_check.py runs the real mode's workers and random
+# images), and no method compiled (torch.compile's C++ build takes minutes on a CPU;
+# tests/test_gpu_config.py compiles on the CPU). A variable set but empty (COMPILE_METHODS=) is kept.
+ALL_METHODS=simclr,byol,barlow,vicreg
+if [[ $SMOKE == 1 ]]; then
+    : "${DEVICE:=cpu}" "${BACKBONE:=convnet}" "${IMAGE_SIZE:=32}" "${BATCH:=64}" "${PRECISION:=fp32}"
+    : "${WORKERS:=0}" "${THREADS:=1}" "${MATMUL:=256}" "${METHODS:=$ALL_METHODS}" "${COMPILE_METHODS=}"
+    : "${EPOCH_IMAGES:=256}" "${VAL_IMAGES:=64}" "${CLASSES:=10}" "${EPOCH_CONFIG:=$ROOT/configs/demo.yaml}"
+    : "${EPOCH_SET=backbone=convnet width=8 batch_size=64}" "${THROUGHPUT_SET=width=8 proj_hidden=64 proj_dim=32 pred_hidden=64}"
+    : "${DEMO_ARGS=--train-per-class 20 --val-per-class 5 --ood-per-class 5}"
+    : "${LEARN_CONFIG:=$ROOT/configs/demo.yaml}" "${LEARN_SET=batch_size=64 width=8 eval_every=0}"
+    : "${LEARN_EPOCHS:=1}" "${WARMUP:=1}" "${STEPS:=2}"
 else
-    DEVICE=cuda BACKBONE=resnet18 BATCH=1024 PRECISION=bf16 WORKERS=${WORKERS:-$(nproc)} THREADS=()
-    # Warm-up: every worker's first batch arrives at about the same time; then two rounds are timed.
-    WARMUP=$WORKERS STEPS=$((2 * WORKERS)) LEARN_EPOCHS=${LEARN_EPOCHS:-30}
-    FEATURES=()
-    LEARN=(--config "$ROOT/configs/course.yaml" --set batch_size=512 --set warmup_epochs=3)
+    : "${DEVICE:=cuda}" "${BACKBONE:=resnet18}" "${IMAGE_SIZE:=64}" "${BATCH:=1024}" "${PRECISION:=bf16}"
+    : "${WORKERS:=$(nproc)}" "${THREADS:=0}" "${MATMUL:=8192}" "${METHODS:=$ALL_METHODS}"
+    : "${COMPILE_METHODS=$ALL_METHODS}"
+    : "${EPOCH_IMAGES:=100000}" "${VAL_IMAGES:=10000}" "${CLASSES:=100}" "${EPOCH_CONFIG:=$ROOT/configs/course.yaml}"
+    : "${EPOCH_SET=}" "${THROUGHPUT_SET=}" "${DEMO_ARGS=}"
+    : "${LEARN_CONFIG:=$ROOT/configs/course.yaml}" "${LEARN_SET=batch_size=512 warmup_epochs=3}"
+    : "${LEARN_EPOCHS:=30}"
 fi
+# Warm-up: every worker's first batch arrives at about the same time; then two rounds are timed.
+WARMUP=${WARMUP:-$WORKERS} STEPS=${STEPS:-$((2 * WORKERS))}
+sets() { for kv in $1; do printf -- '--set\n%s\n' "$kv"; done; }  # "k=v k2=v2" -> --set k=v --set k2=v2
+mapfile -t EPOCH_SETS < <(sets "$EPOCH_SET")
+mapfile -t THROUGHPUT_SETS < <(sets "$THROUGHPUT_SET")
+mapfile -t LEARN_SETS < <(sets "$LEARN_SET")
+read -ra DEMO_OPTS <<<"$DEMO_ARGS"
+echo "sizes: DEVICE=$DEVICE BACKBONE=$BACKBONE BATCH=$BATCH PRECISION=$PRECISION WORKERS=$WORKERS THREADS=$THREADS" \
+    "METHODS=$METHODS COMPILE_METHODS=$COMPILE_METHODS EPOCH_IMAGES=$EPOCH_IMAGES VAL_IMAGES=$VAL_IMAGES" \
+    "LEARN_EPOCHS=$LEARN_EPOCHS" >>"$LOG"
 
 # step NAME LIMIT_S COMMAND...: run COMMAND from the repository root with a time limit of
 # min(LIMIT_S, what is left of the deadline), its output into the log, its outcome into STATUS.
@@ -96,13 +134,7 @@ then nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; else 
 
 if [[ -z $DATA ]]; then
     DATA="$WORK/demo"
-    if [[ $SMOKE == 1 ]]; then  # the same generator, 200 / 50 / 50 images instead of 2000 / 500 / 500
-        step data 60 "$PY" -c "import sys; from selfsup import data, demo_data
-print(f'wrote {sys.argv[1]}:', data.describe(demo_data.make_demo(sys.argv[1], train_per_class=20,
-      val_per_class=5, ood_per_class=5)).replace(chr(10), '; '))" "$DATA"
-    else
-        step data 60 "$PY" -m selfsup.cli data demo --out "$DATA"
-    fi
+    step data 60 "$PY" -m selfsup.cli data demo --out "$DATA" "${DEMO_OPTS[@]}"
 fi
 N_TRAIN=$("$PY" -c "import sys, numpy as np; print(len(np.load(sys.argv[1])['labels']))" "$DATA/train.npz" 2>/dev/null || echo 0)
 NEED=$((2 * WORKERS * BATCH))
@@ -114,36 +146,35 @@ else
         "random uint8 images ($NEED) instead" | tee -a "$LOG"
 fi
 
-if [[ $SMOKE == 1 ]]; then
-    skip cuda_tests "smoke mode (CPU)"
+if [[ $DEVICE == cuda* ]]; then
+    # Only the CUDA tests (the device image lacks papermill/pypdf, which other test files import).
+    step cuda_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py \
+        tests/test_gpu_config.py -k cuda
 else
-    # Only the CUDA tests (the device image may lack papermill/pypdf, which other test files import).
-    step cuda_tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_augment.py tests/test_losses.py -k cuda
+    skip cuda_tests "no CUDA device ($DEVICE)"
 fi
 
-T=("$PY" benchmarks/throughput.py "${THROUGHPUT_DATA[@]}" --device "$DEVICE" --backbone "$BACKBONE"
-   --batch "$BATCH" --precision "$PRECISION" --workers "$WORKERS" --steps "$STEPS" --warmup-steps "$WARMUP"
-   --repeats 1 "${THREADS[@]}")
-step throughput 120 "${T[@]}" --stem imagenet --out "$OUT/throughput_imagenet.json"
-if [[ $SMOKE == 1 ]]; then
-    skip cifar "smoke mode (the convnet backbone has no stem)"
+T=("$PY" benchmarks/throughput.py "${THROUGHPUT_DATA[@]}" --device "$DEVICE" --backbone "$BACKBONE" --stem imagenet
+   --image-size "$IMAGE_SIZE"
+   --batch "$BATCH" --precision "$PRECISION" --workers "$WORKERS" --threads "$THREADS" --steps "$STEPS"
+   --warmup-steps "$WARMUP" --repeats 1 "${THROUGHPUT_SETS[@]}")
+step throughput 200 "${T[@]}" --methods "$METHODS" --matmul "$MATMUL" --out "$OUT/throughput.json"
+step epoch 120 "$PY" benchmarks/course_epoch.py --device "$DEVICE" --config "$EPOCH_CONFIG" "${EPOCH_SETS[@]}" \
+    --images "$EPOCH_IMAGES" --val-images "$VAL_IMAGES" --classes "$CLASSES" --threads "$THREADS" \
+    --runs "$WORK/course_epoch" --out "$OUT"
+if [[ -n $COMPILE_METHODS ]]; then
+    step compiled 150 "${T[@]}" --methods "$COMPILE_METHODS" --compile --only train --pipelines ours \
+        --out "$OUT/compiled.json"
 else
-    step cifar 60 "${T[@]}" --stem cifar --only train --out "$OUT/throughput_cifar.json"
+    skip compiled "COMPILE_METHODS is empty"
 fi
-step knn 50 "$PY" benchmarks/knn.py --device "$DEVICE" "${FEATURES[@]}" "${THREADS[@]}" --out "$OUT"
-step probe 40 "$PY" benchmarks/probe.py --device "$DEVICE" "${FEATURES[@]}" "${THREADS[@]}" --out "$OUT"
-if [[ $SMOKE == 1 ]]; then
-    skip compile "smoke mode (CPU)"
-else
-    step compile 120 "${T[@]}" --stem imagenet --compile --only train --out "$OUT/throughput_compile.json"
-fi
-step learning 150 "$PY" benchmarks/learning.py --data "$DATA" "${LEARN[@]}" --methods simclr \
-    --epochs "$LEARN_EPOCHS" --runs "$WORK/runs" --out "$OUT/learning.json"
+step learning 120 "$PY" benchmarks/learning.py --data "$DATA" --config "$LEARN_CONFIG" "${LEARN_SETS[@]}" \
+    --methods simclr --epochs "$LEARN_EPOCHS" --threads "$THREADS" --runs "$WORK/runs" --out "$OUT/learning.json"
 
-rm -f "$OUT"/*.tmp  # a throughput step stopped mid-write
+rm -f "$OUT"/*.tmp  # a step stopped mid-write
 "$PY" "$ROOT/benchmarks/gpu_check_summary.py" "$OUT" "$STATUS" | tee "$OUT/summary.txt" | tee -a "$LOG"
 echo "total ${SECONDS}s of the ${BUDGET_S}s deadline; OUT=$OUT" | tee -a "$OUT/summary.txt" "$LOG"
-# Exit status: 0 when every step ran to success or was skipped on purpose (smoke mode).
+# Exit status: 0 when every step ran to success or was skipped on purpose (no CUDA device).
 failed=$(cut -f1,2 "$STATUS" | grep -v -e $'\tok$' -e $'\tskipped$' | cut -f1 | tr '\n' ' ')
 if [[ ${KEEP_WORK:-0} == 1 ]]; then echo "work folder kept: $WORK"; else rm -rf "$WORK"; fi
 if [[ -n $failed ]]; then echo "not ok: $failed" | tee -a "$LOG"; exit 1; fi

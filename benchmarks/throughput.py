@@ -11,9 +11,16 @@ Two pipelines, the same ops and probabilities (selfsup.augment.RECIPES), the sam
          busy: checked, with an error naming the fix.
 
 Measured, each in steady state after --warmup-steps:
-  aug    augmentation alone (images/s; each image yields two views)
+  aug    augmentation alone (images/s; each image yields two views), for --method's recipe
   train  full steps: augmentation + forward + backward + optimizer step, with the library's
-         method (selfsup.methods.build_method) and optimizer (selfsup.optim.make_optimizer)
+         method (selfsup.methods.build_method) and optimizer (selfsup.optim.make_optimizer), for
+         each of --methods, with the backends the training loop sets (cuDNN autotuning on CUDA).
+         Beside each, the step's matmul/convolution FLOPs (torch.utils.flop_counter, forward +
+         backward) and the rate they run at, as a fraction of the device's dense matmul rate in
+         --precision, measured in the same run (--matmul N: N x N matrices).
+
+--compile times our pipeline with the loss compiled (--pipelines ours: without the usual one;
+benchmarks/gpu_check_summary.py sets it beside the eager run's usual pipeline).
 
 One process, one run: writes JSON (--out) after every measurement, so a run stopped part-way
 keeps what it measured ("complete": false until the end), and prints a table. Memory: peak proportional set
@@ -46,8 +53,9 @@ import numpy as np
 import torch
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-from selfsup import augment, pixels, train
+from selfsup import augment, config, pixels, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.provenance import environment as run_environment
 from selfsup.train import images_to_device
@@ -270,10 +278,26 @@ def summarise(runs: dict) -> dict:
         if rs:
             median = sorted(rs, key=lambda r: r["images_per_s"])[len(rs) // 2]
             out[name] = dict(median, repeats=rs)
-    ratios = [o["images_per_s"] / u["images_per_s"] for o, u in zip(runs["ours"], runs["usual"])]
+    ratios = [o["images_per_s"] / u["images_per_s"] for o, u in zip(runs.get("ours", []), runs.get("usual", []))]
     out["ratio"] = statistics.median(ratios) if ratios else None
     out["ratios"] = ratios
     return out
+
+
+def matmul_rate(device, dtype, n: int, repeats: int = 50) -> dict:
+    """The device's dense matmul rate: (n x n) @ (n x n) in `dtype`, repeated; TFLOP/s = 2 n^3 / s."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    seconds = time.perf_counter() - start
+    return dict(
+        dtype=str(dtype).replace("torch.", ""), n=n, repeats=repeats, tflops=2 * n**3 * repeats / seconds / 1e12
+    )
 
 
 def train_step(cfg, batches, device, n_images):
@@ -293,6 +317,14 @@ def train_step(cfg, batches, device, n_images):
         done += 1
         s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
 
+    def count_flops() -> float:
+        """One step under torch's FLOP counter: the matmul and convolution FLOPs of the forward and
+        backward passes (elementwise work is not counted, as in MFU figures)."""
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return counter.get_total_flops()
+
+    step.count_flops, step.setup = count_flops, s
     return step
 
 
@@ -326,39 +358,49 @@ def environment(device) -> dict:
     return info
 
 
-def print_table(results: dict, env: dict, setup: dict) -> None:
+def print_table(record: dict, env: dict) -> None:
     gpu = f" ({env['gpu']})" if "gpu" in env else ""
     print(
         f"\n{env['date']}  torch {env['torch']}  torchvision {env['torchvision']}  device {env['device']}{gpu}"
         f"  CPU {env['cpu']} x{env['cores']}  torch threads {env['threads']}"
         f"  load avg {' '.join(f'{x:.1f}' for x in env['load_average_1_5_15min'])}"
     )
-    print(", ".join(f"{k}={v}" for k, v in setup.items()))
+    print(", ".join(f"{k}={v}" for k, v in record["setup"].items()))
+    if record["matmul"]:
+        mm = record["matmul"]
+        print(f"matmul rate ({mm['dtype']}, n={mm['n']}): {mm['tflops']:.3g} TFLOP/s")
     cuda = env["device"].startswith("cuda")
     print(
-        f"{'phase':<6} {'pipeline':<8} {'images/s':>9} {'ratio':>7} {'median-step img/s':>18} "
-        f"{'CPU ms/img':>10} {'peak host MB':>12}" + (f" {'GPU MB':>8}" if cuda else "")
+        f"{'phase':<14} {'pipeline':<8} {'images/s':>9} {'ratio':>7} {'median-step img/s':>18} "
+        f"{'CPU ms/img':>10} {'peak host MB':>12} {'TFLOP/s':>8} {'of matmul':>9}" + (f" {'GPU MB':>8}" if cuda else "")
     )
-    for phase, r in results.items():
-        for name in ("ours", "usual"):
+    results = record["results"]
+    rows = [("aug", results["aug"])] if "aug" in results else []
+    rows += [(f"train {m}", r) for m, r in results.get("train", {}).items()]
+    for phase, r in rows:
+        for name in (n for n in ("ours", "usual") if n in r):
             m = r[name]
-            ratio = f"{r['ratio']:.2f}x" if name == "ours" else ""
+            ratio = f"{r['ratio']:.2f}x" if name == "ours" and r["ratio"] is not None else ""
             if name == "usual" and len(r["ratios"]) > 1:
                 ratio = f"{min(r['ratios']):.1f}-{max(r['ratios']):.1f}"
             cpu = f"{m['cpu_ms_per_image']:.2f}" if m["cpu_ms_per_image"] is not None else "-"
             mem = f"{m['peak_host_mem_mb']:.0f}" if m["peak_host_mem_mb"] else "-"
+            tflops = f"{r['tflops']:.3g}" if name == "ours" and "tflops" in r else ""
+            fraction = f"{100 * r['fraction_of_matmul']:.1f}%" if name == "ours" and "fraction_of_matmul" in r else ""
             line = (
-                f"{phase:<6} {name:<8} {m['images_per_s']:>9.0f} {ratio:>7} "
-                f"{m['median_step_images_per_s']:>18.0f} {cpu:>10} {mem:>12}"
+                f"{phase:<14} {name:<8} {m['images_per_s']:>9.0f} {ratio:>7} "
+                f"{m['median_step_images_per_s']:>18.0f} {cpu:>10} {mem:>12} {tflops:>8} {fraction:>9}"
             )
             print(line + (f" {m['gpu_max_allocated_mb']:>8.0f}" if cuda else ""))
     kind = next(
-        (m["host_mem_kind"] for r in results.values() for m in (r["ours"], r["usual"]) if m["host_mem_kind"]), "rss"
+        (m["host_mem_kind"] for _, r in rows for n in ("ours", "usual") if (m := r.get(n)) and m["host_mem_kind"]),
+        "rss",
     )
     print(
         f"images/s counts source images (each yields two views); ratio = ours / usual (median repeat; "
         f"below it the range over repeats); CPU ms/img = user+sys "
-        f"of this process and its DataLoader workers; peak host MB = {kind.upper()} of the same, sampled."
+        f"of this process and its DataLoader workers; peak host MB = {kind.upper()} of the same, sampled; "
+        "TFLOP/s = the step's matmul/conv FLOPs (forward + backward) per second, and its share of the matmul rate."
     )
 
 
@@ -372,7 +414,10 @@ def parse_args(argv=None):
     p.add_argument("--data", help="course .npz file, or a folder with train.npz (default: random uint8 images)")
     p.add_argument("--num-images", type=int, default=4096, help="random images to generate without --data")
     p.add_argument("--image-size", type=int, default=64, help="side of generated images and of the views")
-    p.add_argument("--method", choices=METHODS, default="simclr")
+    p.add_argument("--method", choices=METHODS, default="simclr", help="whose augmentation recipe the aug phase times")
+    p.add_argument("--methods", default=None, help="comma-separated methods the train phase times (default: --method)")
+    p.add_argument("--pipelines", choices=("both", "ours"), default="both", help="ours: skip the usual pipeline")
+    p.add_argument("--matmul", type=int, default=0, help="also measure the device's N x N matmul rate (0: no)")
     p.add_argument("--recipe", choices=RECIPES, default=None, help="default: the method's (Config.aug_recipe)")
     p.add_argument("--backbone", choices=BACKBONES, default="convnet")
     p.add_argument("--stem", choices=STEMS, default="imagenet")
@@ -384,7 +429,8 @@ def parse_args(argv=None):
         default=5,
         help="untimed steps first (>= 2 x workers drains the DataLoader's prefetch)",
     )
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other config key (heads...)")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's loss")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
@@ -418,31 +464,46 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.set_num_threads(args.threads or cores())
+    methods = (args.methods or args.method).split(",")
+    if not set(methods) <= set(METHODS):
+        raise SystemExit(f"throughput.py: --methods {args.methods}: expected some of {', '.join(METHODS)}")
     images = load_images(args)
     if args.batch > len(images):
         raise SystemExit(f"--batch {args.batch} is larger than the data ({len(images)} images)")
     workers = cores() if args.workers is None else args.workers
-    try:
-        check_usual_epoch(len(images), args.batch, workers)  # before anything slow
-    except ValueError as e:
-        raise SystemExit(f"throughput.py: {e}") from None
-    cfg = Config(
-        method=args.method,
-        recipe=args.recipe or "",
-        backbone=args.backbone,
-        stem=args.stem,
-        batch_size=args.batch,
-        image_size=args.image_size,
-        precision=args.precision,
-        compile=args.compile,
-        device=str(device),
-        epochs=1,
-        warmup_epochs=0,
-    )
-    aug = augment.TwoViews(cfg.aug_recipe, cfg.image_size, (cfg.crop_scale_min, 1.0))
+    names = ["ours", "usual"] if args.pipelines == "both" else ["ours"]
+    if "usual" in names:
+        try:
+            check_usual_epoch(len(images), args.batch, workers)  # before anything slow
+        except ValueError as e:
+            raise SystemExit(f"throughput.py: {e}") from None
+
+    overrides = config.parse_overrides(args.set)
+
+    def make_config(method: str) -> Config:
+        return config.from_dict(
+            dict(
+                method=method,
+                recipe=args.recipe or "",
+                backbone=args.backbone,
+                stem=args.stem,
+                batch_size=args.batch,
+                image_size=args.image_size,
+                precision=args.precision,
+                compile=args.compile,
+                device=str(device),
+                epochs=1,
+                warmup_epochs=0,
+                **overrides,
+            ),
+            "--set",
+        )
+
+    cfg = make_config(args.method)
     resident = images_to_device(images, device)  # (N, 3, H, W) uint8; never float as a whole
     setup = dict(
         method=cfg.method,
+        methods=methods,
         recipe=cfg.aug_recipe,
         backbone=cfg.backbone,
         stem=cfg.stem,
@@ -452,46 +513,78 @@ def main(argv=None):
         repeats=args.repeats,
         precision=args.precision,
         compile=args.compile,
+        pipelines=names,
         workers=workers,
         threads=torch.get_num_threads(),
         images="x".join(map(str, images.shape)),
         data=args.data or "random",
     )
-    pipelines = dict(
-        ours=lambda: ours_batches(resident, aug, args.batch, device),
-        usual=lambda: usual_batches(images, aug.views, cfg.image_size, args.batch, workers, device),
-    )
+
+    def batches_of(name: str, c: Config):
+        aug = augment.TwoViews(c.aug_recipe, c.image_size, (c.crop_scale_min, 1.0))
+        if name == "ours":
+            return ours_batches(resident, aug, args.batch, device)
+        return usual_batches(images, aug.views, c.image_size, args.batch, workers, device)
 
     out = Path(args.out)
     command = " ".join(["python"] + sys.argv)
-    results = {}
+    record = dict(command=command, complete=False, environment=None, setup=setup, matmul=None, results={})
 
     def save(complete: bool) -> None:
-        write_json(
-            out, dict(command=command, complete=complete, environment=environment(device), setup=setup, results=results)
-        )
+        write_json(out, {**record, "complete": complete, "environment": environment(device)})
 
-    for phase in ["aug", "train"] if args.only == "all" else [args.only]:
-        runs = {name: [] for name in pipelines}
-        # Repeats alternate ours / usual, so slow drifts in what else runs on the machine
-        # hit both alike; the spread of the per-repeat ratios is the noise.
+    def phase(label: str, slot: dict, c: Config, make_step) -> None:
+        """Time each pipeline (repeats alternate ours / usual, so slow drifts in what else runs on the
+        machine hit both alike; the spread of the per-repeat ratios is the noise) into `slot`."""
+        runs = {name: [] for name in names}
         for repeat in range(args.repeats):
-            for name, make_batches in pipelines.items():
-                print(f"{phase} / {name} ({repeat + 1}/{args.repeats}) ...", flush=True)
-                batches = make_batches()
-                if phase == "aug":
-                    step = functools.partial(next, batches)
-                else:
-                    step = train_step(cfg, batches, device, len(images))
+            for name in names:
+                print(f"{label} / {name} ({repeat + 1}/{args.repeats}) ...", flush=True)
+                batches = batches_of(name, c)
+                step = make_step(c, batches)
                 runs[name].append(measure(step, args.steps, args.warmup_steps, args.batch, device))
                 batches.close()  # ends the DataLoader iterator and its workers
-                results[phase] = summarise(runs)
+                if c.compile and hasattr(step, "setup"):  # a compile failure falls back to eager: say so
+                    runs[name][-1]["compiled"] = step.setup.loss_fn is not step.setup.eager_fn
+                slot.update(summarise(runs))
+                rate(slot)
                 save(complete=False)  # what is measured so far survives a timeout
-    if args.profile:
-        profile_ours(ours_batches(resident, aug, args.batch, device))
+
+    def rate(slot: dict) -> None:
+        """The step's FLOP rate and its fraction of the measured matmul rate, once both exist."""
+        if slot.get("flops_per_image") and "ours" in slot:
+            slot["tflops"] = slot["flops_per_image"] * slot["ours"]["images_per_s"] / 1e12
+            if record["matmul"]:
+                slot["fraction_of_matmul"] = slot["tflops"] / record["matmul"]["tflops"]
+
+    # The training loop's own backend settings (cuDNN autotuning on CUDA) for every measurement.
+    with train.configured_backends(cfg, device):
+        if args.matmul:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision, torch.float32)
+            record["matmul"] = matmul_rate(device, dtype, args.matmul)
+            print(f"matmul {args.matmul}^2 {record['matmul']['dtype']}: {record['matmul']['tflops']:.3g} TFLOP/s")
+            save(complete=False)
+        if args.only in ("aug", "all"):
+            record["results"]["aug"] = {}
+            phase("aug", record["results"]["aug"], cfg, lambda c, batches: functools.partial(next, batches))
+        if args.only in ("train", "all"):
+            trained = record["results"]["train"] = {}
+            for method in methods:
+                c = make_config(method)
+                # FLOPs counted on an eager step (the counter sees no further into a compiled graph).
+                flops = train_step(c.replace(compile=False), batches_of("ours", c), device, len(images)).count_flops()
+                trained[method] = dict(flops_per_image=flops / args.batch)
+                phase(
+                    f"train {method}",
+                    trained[method],
+                    c,
+                    lambda c, batches: train_step(c, batches, device, len(images)),
+                )
+        if args.profile:
+            profile_ours(batches_of("ours", cfg))
 
     save(complete=True)
-    print_table(results, environment(device), setup)
+    print_table(record, environment(device))
     print(f"wrote {out}")
 
 

@@ -1,16 +1,22 @@
 """The GPU configuration, run on the CPU: bf16 autocast, channels_last, fused optimizers and
-torch.compile for every method; the compile fallback; resuming on another device type; and the
-figures using the very features eval.json scored."""
+torch.compile for every method; the compile fallback; resuming on another device type; the figures
+using the very features eval.json scored; and the CUDA-only code paths that a CPU can show (the
+precision auto picks, determinism set up and undone, one host read for the non-finite check,
+features in the run's precision, the dataset moved without a second copy)."""
 
 import json
+import os
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import TINY_RUN, make_tiny
 from selfsup import config, data, evaluate, report, train
 from selfsup.methods import REGISTRY
+from selfsup.pixels import normalize
 from selfsup.runs import Run, RunError
 
 GPU_LIKE = dict(precision="bf16", channels_last="on", fused="on")
@@ -105,15 +111,142 @@ def test_resume_on_another_device_type_is_refused_before_anything_is_written(tin
     assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != ".lock"} == before
 
 
-def test_deterministic_setting_turns_on_deterministic_algorithms(tiny, tmp_path):
+def test_deterministic_run_sets_cublas_first_and_restores_the_previous_state(tiny, tmp_path, monkeypatch):
     _, ds = tiny
-    try:
-        train.train(
-            config.load(None, {**TINY_RUN, "epochs": 1, "deterministic": True}), ds, tmp_path / "r", progress=False
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # (restored after the test)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    seen = {}
+    init, build = train.dist.init_from_env, train.build
+
+    def first_cuda_use():  # the first thing train() does that may initialise CUDA
+        seen["cublas"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        return init()
+
+    def build_and_look(*a):
+        seen["during"] = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+        return build(*a)
+
+    monkeypatch.setattr(train.dist, "init_from_env", first_cuda_use)
+    monkeypatch.setattr(train, "build", build_and_look)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    cfg = config.load(None, {**TINY_RUN, "epochs": 1, "deterministic": True})
+    train.train(cfg, ds, tmp_path / "r", progress=False)
+    assert seen == {"cublas": ":4096:8", "during": (True, True)}
+    assert (
+        (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before == (False, False)
+    )
+
+
+def test_cublas_setting_after_cuda_started_says_how_to_fix_it(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # a notebook that trained on the GPU before
+    cfg = config.load(None, {**TINY_RUN, "deterministic": True})
+    with pytest.warns(UserWarning, match=r"set CUBLAS_WORKSPACE_CONFIG=:4096:8 before starting Python"):
+        train.cublas_determinism(cfg)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own: kept, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.cublas_determinism(cfg)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+@pytest.mark.parametrize(
+    "card, expected",
+    [
+        (dict(native=True, emulated=True, capability=(9, 0)), torch.bfloat16),  # H100/H200, A100
+        (dict(native=False, emulated=True, capability=(7, 5)), torch.float16),  # T4, V100: bf16 only emulated
+        (dict(native=None, emulated=True, capability=(7, 0)), torch.float16),  # a torch without including_emulation
+        (dict(native=None, emulated=True, capability=(8, 6)), torch.bfloat16),
+    ],
+)
+def test_auto_precision_never_picks_emulated_bf16(card, expected, monkeypatch):
+    def is_bf16_supported(**kw):
+        if card["native"] is None and kw:
+            raise TypeError("is_bf16_supported() got an unexpected keyword argument 'including_emulation'")
+        return card["emulated"] if kw.get("including_emulation", True) else card["native"]
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: card["capability"])
+    cfg = config.load(None, {**TINY_RUN, "precision": "auto"})
+    assert train.amp_dtype(cfg, torch.device("cuda")) == expected
+    assert train.amp_dtype(cfg, torch.device("cpu")) is None
+
+
+def test_features_are_extracted_in_the_run_precision(tiny, tmp_path, monkeypatch):
+    folder, ds = tiny
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    images = ds.val.images[:16]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        fp32 = enc(normalize(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = enc(normalize(x)).float()
+    assert torch.equal(evaluate.extract_features(enc, images, precision="fp32"), fp32)
+    assert torch.equal(evaluate.extract_features(enc, images, precision="bf16"), bf16)
+    assert not torch.equal(bf16, fp32)
+
+    # The training loop's k-NN monitor and the run's evaluation pass the run's precision on.
+    asked = []
+    for module in (train, evaluate):
+        extract = module.extract_features
+        monkeypatch.setattr(
+            module,
+            "extract_features",
+            lambda *a, extract=extract, **kw: asked.append(kw["precision"]) or extract(*a, **kw),
         )
-        assert torch.are_deterministic_algorithms_enabled()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    cfg = config.load(None, {**TINY_RUN, **GPU_LIKE, "epochs": 1})
+    train.train(cfg, ds, tmp_path / "r", progress=False)
+    evaluate.evaluate_run(tmp_path / "r", folder, device="cpu", table=False, linear=False, save_features=False)
+    assert len(asked) == 2 + 6 and set(asked) == {"bf16"}  # monitor: train, val; eval: 3 splits x trained, floor
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value by the host (item(), bool()): on a GPU, each waits for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_non_finite_check_reads_the_state_once(tiny):
+    _, ds = tiny
+    cfg = config.load(None, {**TINY_RUN, "epochs": 1})
+    s = train.build(cfg, len(ds.train), torch.device("cpu"))
+    v1, v2 = s.aug(torch.from_numpy(ds.train.images[:32]).permute(0, 3, 1, 2))
+    s.step(v1, v2)  # optimizer state exists
+    tensors = len(list(s.model.parameters())) + sum(len(st) for st in s.opt.state.values())
+    with _HostReads() as reads:
+        assert train.non_finite(s.model, s.opt) is None
+    assert tensors > 50 and reads.n == 1
+    name, p = next(iter(s.model.named_parameters()))
+    with torch.no_grad():
+        p[0] = float("nan")
+    assert train.non_finite(s.model, s.opt) == f"parameter {name}"
+
+
+def test_images_move_to_the_device_without_a_second_full_copy():
+    images = np.random.default_rng(0).integers(0, 256, (50, 6, 5, 3), dtype=np.uint8)
+    sizes = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes.extend(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out]) if torch.is_tensor(t))
+            return out
+
+    x = train.images_to_device(images, torch.device("cpu"), chunk=16)
+    assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()) and x.is_contiguous()
+    # What the device holds, seen on the meta device (tensors without memory, as CUDA's would be):
+    # the set once, else chunks -- moving the whole set and then transposing it made two full copies.
+    with Sizes():
+        train.images_to_device(images, torch.device("meta"), chunk=16)
+    assert sorted(sizes)[-1] == images.size and sorted(sizes)[-2] <= 16 * 6 * 5 * 3
 
 
 def test_figures_use_the_features_eval_json_scored(tiny, tmp_path):
@@ -128,3 +261,46 @@ def test_figures_use_the_features_eval_json_scored(tiny, tmp_path):
     made = report.make_figures(run, folder, tmp_path / "figs", dataset=ds, ev=ev, n_images=4)
     assert all(p.is_file() for p in made["paths"].values())
     assert json.loads((tmp_path / "figs" / "figures.json").read_text())["config_hash"] == Run(run).info()["config_hash"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The same on a CUDA card (benchmarks/gpu_check.sh runs these: pytest -k cuda)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_auto_precision_is_what_the_card_computes_in():
+    cfg = config.load(None, {**TINY_RUN, "precision": "auto", "device": "cuda"})
+    native = torch.cuda.get_device_capability()[0] >= 8
+    assert train.amp_dtype(cfg, torch.device("cuda")) == (torch.bfloat16 if native else torch.float16)
+
+
+@cuda
+def test_cuda_images_move_with_one_copy_on_the_card():
+    images = np.random.default_rng(0).integers(0, 256, (20_000, 64, 64, 3), dtype=np.uint8)  # 246 MB
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    x = train.images_to_device(images, torch.device("cuda"))
+    peak = torch.cuda.max_memory_allocated() - before
+    assert peak <= images.nbytes + 8192 * 64 * 64 * 3 + 2**21, (peak, images.nbytes)  # the set + one chunk
+    assert torch.equal(x[::997].cpu(), torch.from_numpy(images[::997]).permute(0, 3, 1, 2))
+
+
+@cuda
+def test_cuda_non_finite_check_waits_for_the_card_once(tiny):
+    _, ds = tiny
+    cfg = config.load(None, {**TINY_RUN, "device": "cuda", "epochs": 1})
+    s = train.build(cfg, len(ds.train), torch.device("cuda"))
+    x = torch.from_numpy(ds.train.images[:32]).permute(0, 3, 1, 2).cuda()
+    s.step(*s.aug(x))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")  # a warning for every operation that waits for the card
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert train.non_finite(s.model, s.opt) is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1

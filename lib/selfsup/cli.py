@@ -18,6 +18,7 @@ Every input problem ends in one line on stderr naming the file or key, and exit 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -40,6 +41,20 @@ from . import (
 from .config import ConfigError
 from .data import DataError
 from .runs import RunError
+
+# What a command needs beyond what training and evaluation import (torch, torchvision, numpy,
+# scikit-learn, pyyaml, safetensors, tqdm): a machine without it (a bare GPU box) runs the other
+# commands, and this one says what is missing before it starts, in one line.
+NEEDS = {
+    "data download": ("pooch", "requests"),
+    "sweep": ("papermill", "nbformat", "ipykernel"),
+    "report": ("papermill", "nbformat", "ipykernel", "nbconvert"),
+}
+
+
+def missing_packages(command: str) -> list[str]:
+    """The packages `selfsup COMMAND` needs that cannot be imported here."""
+    return [name for name in NEEDS.get(command, ()) if importlib.util.find_spec(name) is None]
 
 
 def _data(args):
@@ -319,6 +334,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    command = " ".join(filter(None, (args.cmd, getattr(args, "data_cmd", None))))
+    missing = missing_packages(command)
+    if missing:
+        print(
+            f"selfsup: error: `selfsup {command}` needs {', '.join(missing)}, not installed here "
+            f"(pip install {' '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return args.fn(args) or 0
     except (ConfigError, DataError, RunError, FileNotFoundError, workbook.NotebookFailed, cluster.ClusterError) as e:

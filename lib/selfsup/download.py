@@ -19,9 +19,6 @@ import os
 import re
 from pathlib import Path
 
-import pooch
-import requests  # pooch's HTTP client: its exceptions are what a failed download raises
-
 from . import imagefolder
 from .data import DataError, _one_line, check_new
 
@@ -39,7 +36,11 @@ _HASH = re.compile(r"(md5:[0-9a-f]{32}|sha1:[0-9a-f]{40}|(sha256:)?[0-9a-f]{64}|
 
 def cache_dir(cache=None) -> Path:
     """``cache``, else $SELFSUP_CACHE, else the user cache folder (~/.cache/selfsup on Linux)."""
-    return Path(cache or os.environ.get(CACHE_ENV) or pooch.os_cache("selfsup"))
+    if cache or os.environ.get(CACHE_ENV):
+        return Path(cache or os.environ[CACHE_ENV])
+    import pooch  # only downloads need pooch: training and evaluation run without it
+
+    return Path(pooch.os_cache("selfsup"))
 
 
 PARTIAL = ".part"  # <file>.<pooch's temporary>.part: a download being written, flock-ed by its writer
@@ -124,6 +125,11 @@ def fetch(url: str | None = None, known_hash: str | None = None, cache=None, pro
         raise DataError(
             f"--hash {known_hash}: expected md5:<32 hex digits>, sha256:<64 hex digits> (or sha1:, sha512:)"
         )
+    # Imported here, not at the top: the rest of the library (and the CLI's other commands) runs
+    # where pooch is not installed, as on a bare GPU machine.
+    import pooch
+    import requests  # pooch's HTTP client: its exceptions are what a failed download raises
+
     cache = cache_dir(cache)
     remove_stale_partials(cache)
     inner = (

@@ -292,10 +292,11 @@ def evaluate_features(
     return out
 
 
-def extract_all(encoder: torch.nn.Module, dataset, device) -> dict:
-    """{"train", "val"[, "ood"]} backbone features (N, D) float32 on device, each split once."""
+def extract_all(encoder: torch.nn.Module, dataset, device, precision: str = "auto") -> dict:
+    """{"train", "val"[, "ood"]} backbone features (N, D) float32 on device, each split once, in the
+    run's precision (extract_features)."""
     return {
-        s: extract_features(encoder, getattr(dataset, s).images, device=device)
+        s: extract_features(encoder, getattr(dataset, s).images, device=device, precision=precision)
         for s in ("train", "val", "ood")
         if getattr(dataset, s) is not None
     }
@@ -334,7 +335,7 @@ def evaluate_run(
     The trained encoder (and, for the protocol table, the trained projector) come from the run
     folder (selfsup.runs); the floor is the same architecture at its random initialisation (the
     run's own starting weights). Features are extracted once per encoder, on ``device`` (default:
-    CUDA if available; bf16 there, as in training). kwargs go to evaluate_features. Returns the
+    CUDA if available; in the run's precision, as in training). kwargs go to evaluate_features. Returns the
     eval.json content: trained, random_init, summary (flat headline accuracies), config, data,
     device, seconds. save_features=False skips features.npz (sweeps: 100k x 512 floats a point).
     dataset: data_dir's Dataset when the caller has loaded it already (selfsup.pipeline.run), so
@@ -347,7 +348,7 @@ def evaluate_run(
     dataset = dataset if dataset is not None else load_dataset(data_dir)
     kw = dict(table=table, linear=linear, **kwargs)
 
-    features = extract_all(model.encoder, dataset, device)
+    features = extract_all(model.encoder, dataset, device, cfg.precision)
     t_feat = time.perf_counter() - t0
     projected = (
         {s: project(model.projector, f) for s, f in features.items()} if table and model.projector_trained else None
@@ -363,7 +364,8 @@ def evaluate_run(
     del features, projected, model
 
     floor_encoder = run.random_init(cfg).encoder
-    floor = evaluate_features(extract_all(floor_encoder, dataset, device), dataset, device, **{**kw, "table": False})
+    floor_features = extract_all(floor_encoder, dataset, device, cfg.precision)
+    floor = evaluate_features(floor_features, dataset, device, **{**kw, "table": False})
 
     result = dict(
         run_dir=str(run.path),

@@ -3,6 +3,7 @@ and the linear probe share.
 
     extract_features(encoder, images)  -> (N, D) float32 features, in batches, eval mode
     project(head, features)            -> a head (the projector) applied to cached features
+    autocast_dtype(precision, device)  -> what a precision setting (Config.precision) runs in there
 """
 
 from __future__ import annotations
@@ -63,19 +64,48 @@ def to_numpy(x) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Precision: one resolution for training and for extraction, so features are computed the way the
+# run was trained
+
+
+def autocast_dtype(precision: str, device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting ("auto", "bf16", "fp16", "fp32") on `device`
+    (None: fp32). auto: bf16 on CUDA cards that compute in bf16 (compute capability 8.0, Ampere,
+    and newer), fp16 with a gradient scaler on older ones (T4, V100 only emulate bf16, slowly),
+    fp32 on CPU (CPU bf16 is slower on most CPUs)."""
+    if precision == "auto":
+        if torch.device(device).type != "cuda":
+            return None
+        precision = "bf16" if native_bf16() else "fp16"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def native_bf16() -> bool:
+    """Whether the current CUDA card computes in bf16 natively. torch.cuda.is_bf16_supported()
+    alone also says True for cards that only emulate it (its including_emulation defaults to True)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument: native bf16 is compute capability 8.0 and up
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
+# ---------------------------------------------------------------------------------------------
 # Feature extraction
 
 
 @torch.no_grad()
-def extract_features(encoder: torch.nn.Module, images, batch_size: int = 512, device=None) -> torch.Tensor:
+def extract_features(
+    encoder: torch.nn.Module, images, batch_size: int = 512, device=None, precision: str = "auto"
+) -> torch.Tensor:
     """Encoder features of a whole image set, in batches.
 
     images: uint8 numpy (N, H, W, 3) or uint8 tensor (N, 3, H, W) on any device; only one batch at
         a time is converted to float (the whole set as float32 would be 4x the uint8 size).
     device: where to run; default: the encoder's device. The encoder is moved there (in place).
+    precision: the run's setting (Config.precision), resolved as training resolves it
+        (autocast_dtype): auto is bf16 on recent CUDA cards, fp16 on older ones, float32 on CPU.
     Returns (N, D) float32 on ``device``. The encoder runs in eval mode (BatchNorm running
-    statistics) and is put back in its previous mode afterwards. On CUDA: bf16 autocast and
-    channels_last inputs; on CPU: float32.
+    statistics) and is put back in its previous mode afterwards. On CUDA: channels_last inputs.
     """
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -95,6 +125,7 @@ def extract_features(encoder: torch.nn.Module, images, batch_size: int = 512, de
     device = torch.device(device)
     encoder.to(device)
     cuda = device.type == "cuda"
+    amp = autocast_dtype(precision, device)
 
     was_training = encoder.training
     encoder.eval()
@@ -107,7 +138,7 @@ def extract_features(encoder: torch.nn.Module, images, batch_size: int = 512, de
             x = normalize(batch.to(device, non_blocking=True))  # (B, 3, H, W) float32
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 f = encoder(x)
             f = f.float().flatten(1)
             if out is None:

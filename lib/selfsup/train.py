@@ -12,7 +12,9 @@ on the same number of processes repeats exactly), and process 0 alone writes the
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -27,7 +29,7 @@ from . import distributed as dist
 from .augment import TwoViews
 from .config import Config, ConfigError
 from .data import Dataset, fingerprint
-from .features import extract_features
+from .features import autocast_dtype, extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
 from .optim import make_optimizer, warmup_cosine
@@ -55,24 +57,25 @@ def resolve_device(cfg: Config) -> torch.device:
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32). auto: bf16 on CUDA cards that support it (Ampere and
-    newer), fp16 (with a gradient scaler) on older ones, fp32 on CPU (CPU bf16 is slower on most
-    CPUs)."""
-    precision = cfg.precision
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    """The autocast dtype (None: fp32). auto: bf16 on CUDA cards that compute in bf16 (Ampere and
+    newer), fp16 (with a gradient scaler) on older ones, fp32 on CPU (selfsup.features.autocast_dtype,
+    which feature extraction shares)."""
+    return autocast_dtype(cfg.precision, device)
 
 
 def use_channels_last(cfg: Config, device: torch.device) -> bool:
     return cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
 
 
-def images_to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) uint8 tensor on device. Stays uint8: 4x smaller."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+def images_to_device(images: np.ndarray, device: torch.device, chunk: int = 8192) -> torch.Tensor:
+    """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) uint8 tensor on device. Stays uint8: 4x smaller.
+    Filled `chunk` images at a time, so the device holds the set once plus one chunk, never two
+    full copies (the whole set moved, then transposed) -- 1.2 GB each at the course's 100k x 64x64."""
+    n, h, w, c = images.shape
+    out = torch.empty((n, c, h, w), dtype=torch.uint8, device=device)
+    for i in range(0, n, chunk):
+        out[i : i + chunk].copy_(torch.from_numpy(np.ascontiguousarray(images[i : i + chunk])).permute(0, 3, 1, 2))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +99,9 @@ def val_loss(model, aug, val_x, cfg, amp, channels_last) -> float:
     return total / max(n, 1)
 
 
-def knn_monitor(model, train_x, train_y, val_x, val_y, k) -> float:
-    f_train = extract_features(model.encoder, train_x)
-    f_val = extract_features(model.encoder, val_x)
+def knn_monitor(model, train_x, train_y, val_x, val_y, k, precision: str = "auto") -> float:
+    f_train = extract_features(model.encoder, train_x, precision=precision)
+    f_val = extract_features(model.encoder, val_x, precision=precision)
     pred = knn_predict(f_train, train_y, f_val, k=k)
     model.train()
     return (pred.cpu() == val_y.cpu()).float().mean().item()
@@ -219,31 +222,60 @@ def _is_compile_error(e: BaseException) -> bool:
     return False
 
 
-def configure_backends(cfg: Config, device: torch.device) -> None:
+@contextlib.contextmanager
+def configured_backends(cfg: Config, device: torch.device):
     """cuDNN: autotuned kernels for the fixed shapes of training (fastest), or deterministic
-    algorithms everywhere (cfg.deterministic: bit-exact resumes on a GPU, slower)."""
+    algorithms everywhere (cfg.deterministic: bit-exact resumes on a GPU, slower) -- for the
+    duration of the block: the previous settings come back after it, so a deterministic run does
+    not leave a notebook's kernel deterministic (and slow) for what follows."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        if device.type == "cuda":
-            import os
-
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS determinism (CUDA docs)
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+
+
+def cublas_determinism(cfg: Config) -> None:
+    """cuBLAS is deterministic only with a fixed workspace (CUDA docs), read from
+    CUBLAS_WORKSPACE_CONFIG when CUDA sets cuBLAS up: set it before this run touches CUDA, and say
+    so when something in this process already has (a notebook that trained before)."""
+    if not cfg.deterministic or os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        return
+    if torch.cuda.is_initialized():
+        warnings.warn(
+            "deterministic=true: CUDA was already in use in this process, so cuBLAS may keep a "
+            "workspace that is not deterministic; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before "
+            "starting Python (or the notebook's kernel)",
+            stacklevel=3,
+        )
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 
 def non_finite(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str | None:
-    """The first parameter, buffer or optimizer state that holds NaN or infinity; None if none."""
-    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in named:
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                return f"{kind} {name}"
-    for state in opt.state.values():
-        for key, t in state.items():
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
-                return f"optimizer state '{key}'"
-    return None
+    """The first parameter, buffer or optimizer state that holds NaN or infinity; None if none.
+    One host read per device for the whole state (a per-tensor check would wait on the GPU a few
+    hundred times); the culprit is looked for only when there is one."""
+    named = [(f"parameter {n}", t) for n, t in model.named_parameters()]
+    named += [(f"buffer {n}", t) for n, t in model.named_buffers()]
+    named += [(f"optimizer state '{k}'", t) for state in opt.state.values() for k, t in state.items()]
+    named = [(n, t) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    flags: dict[torch.device, list] = {}
+    for _, t in named:
+        flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    if all(torch.stack(f).all().item() for f in flags.values()):
+        return None
+    return next(n for n, t in named if not torch.isfinite(t).all())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +296,7 @@ def train(
     cfg.epochs), to be continued with resume=True -- for interactive use and the resume test.
     Under torchrun (WORLD_SIZE > 1) this joins the process group and trains data-parallel.
     """
+    cublas_determinism(cfg)  # before anything here touches CUDA
     joined = dist.init_from_env()
     try:
         return _train(cfg, data, Run(run_dir), resume, progress, stop_after)
@@ -300,7 +333,8 @@ def _train(cfg: Config, data: Dataset, run: Run, resume: bool, progress: bool, s
             raise RunError(f"{run.path}: already holds a run ({CHECKPOINT}); pass --resume or choose a new --run-dir")
         state = run.load_checkpoint() if resume else None
         dist.barrier()  # every process has checked the folder before process 0 writes to it
-        return _loop(cfg, data, run, state, device, lead, progress, stop_after)
+        with configured_backends(cfg, device):
+            return _loop(cfg, data, run, state, device, lead, progress, stop_after)
 
 
 class _nothing:
@@ -313,7 +347,6 @@ class _nothing:
 
 def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
     n, world = len(data.train.images), dist.world_size()
-    configure_backends(cfg, device)
     s = build(cfg, n, device)
     train_x = images_to_device(data.train.images, device)  # (N, 3, H, W) uint8
     val_x = images_to_device(data.val.images, device)
@@ -321,7 +354,8 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
     knn_idx = np.arange(n)
     if cfg.knn_train_limit and cfg.knn_train_limit < n:
         knn_idx = np.sort(np.random.RandomState(cfg.seed).choice(n, cfg.knn_train_limit, replace=False))
-    knn_x, knn_y = train_x[torch.from_numpy(knn_idx).to(device)], torch.from_numpy(data.train.labels[knn_idx])
+    knn_x = train_x if len(knn_idx) == n else train_x[torch.from_numpy(knn_idx).to(device)]  # no second copy of all
+    knn_y = torch.from_numpy(data.train.labels[knn_idx])
     gen = torch.Generator(device).manual_seed(cfg.seed)  # data order (the same in every process)
     aug_gen = gen if world == 1 else torch.Generator(device)  # augmentation: one per process
 
@@ -450,7 +484,7 @@ def _monitor(s: Setup, cfg, val_x, val_y, knn_x, knn_y, run, epoch) -> dict:
     line), never a traceback."""
     try:
         loss = val_loss(s.model, s.aug, val_x, cfg, s.amp, s.channels_last)
-        acc = knn_monitor(s.model, knn_x, knn_y, val_x, val_y, cfg.knn_k)
+        acc = knn_monitor(s.model, knn_x, knn_y, val_x, val_y, cfg.knn_k, cfg.precision)
     except ValueError as e:
         if "NaN or infinity" not in str(e):
             raise
