@@ -49,6 +49,8 @@ NEEDS = {
     "data download": ("pooch", "requests"),
     "sweep": ("papermill", "nbformat", "ipykernel"),
     "report": ("papermill", "nbformat", "ipykernel", "nbconvert"),
+    "sweep --executor slurm": ("papermill", "nbformat", "ipykernel", "submitit"),
+    "train --executor slurm": ("submitit",),
 }
 
 
@@ -335,6 +337,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     command = " ".join(filter(None, (args.cmd, getattr(args, "data_cmd", None))))
+    if getattr(args, "executor", "local") == "slurm":
+        command += " --executor slurm"
     missing = missing_packages(command)
     if missing:
         print(

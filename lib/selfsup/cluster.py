@@ -31,10 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import submitit
 import torch
 import yaml
-from submitit.core.utils import pickle_load
 
 from .config import ConfigError
 from .runs import Run, RunError, now
@@ -136,6 +134,8 @@ def _require_slurm(opts: dict) -> None:
 def executor(folder: Path, opts: dict, name: str, nodes: int = 1, tasks_per_node: int = 1, gpus_per_node: int = 0):
     """A submitit SlurmExecutor for `opts` (cluster_options) whose jobs keep their files in folder."""
     _require_slurm(opts)
+    import submitit  # only where a job is submitted: the library imports without it
+
     ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=3)
     sbatch = dict(opts.get("sbatch") or {})
     for key in ("account", "qos", "constraint"):
@@ -191,6 +191,8 @@ class PointTask:
 
     def checkpoint(self, *args, **kwargs):
         task = {**self.task, "parameters": {**self.task["parameters"], "resume": True}}
+        import submitit
+
         return submitit.helpers.DelayedSubmission(PointTask(self.execute, task))
 
 
@@ -204,6 +206,8 @@ class TrainJob:
     run_dir: str = ""
 
     def __call__(self) -> int:
+        import submitit
+
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         _use_allocated_cpus()
         code = self.main(self.argv)
@@ -215,6 +219,8 @@ class TrainJob:
         argv = list(self.argv)
         if "--resume" not in argv and Run(self.run_dir).has_checkpoint():
             argv.append("--resume")
+        import submitit
+
         return submitit.helpers.DelayedSubmission(TrainJob(self.main, argv, self.run_dir))
 
 
@@ -350,6 +356,8 @@ def wait(runs: list[tuple[str, str]], name: str, progress: bool = True) -> dict:
 
 
 def _outcome(slug: str, job: dict) -> dict:
+    from submitit.core.utils import pickle_load
+
     status, value = pickle_load(job["result"])
     if status == "success":
         return value if isinstance(value, dict) else dict(slug=slug, ok=True)

@@ -18,7 +18,7 @@ import sys
 
 _DEFAULT = (
     "pooch requests papermill nbconvert nbformat nbclient jupyter_client jupyter_core ipykernel "
-    "IPython ipywidgets jupyterlab notebook playwright pypdf psutil"
+    "IPython ipywidgets jupyterlab notebook playwright pypdf psutil submitit seaborn"
 )
 BLOCKED = frozenset(filter(None, os.environ.get("SELFSUP_BLOCKED", "").split(","))) or frozenset(_DEFAULT.split())
 
