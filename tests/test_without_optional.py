@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKER = ROOT / "tests" / "without_optional"
 OPTIONAL = (
     "pooch requests papermill nbconvert nbformat nbclient jupyter_client jupyter_core ipykernel IPython "
-    "ipywidgets jupyterlab notebook playwright pypdf psutil pandas matplotlib"
+    "ipywidgets jupyterlab notebook playwright pypdf psutil submitit seaborn pandas matplotlib"
 ).split()
 
 

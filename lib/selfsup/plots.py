@@ -22,7 +22,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from .pixels import MEAN, STD
@@ -42,6 +41,8 @@ def _themed(draw):
 
     @functools.wraps(draw)
     def themed(*args, **kwargs):
+        import seaborn as sns  # here, not at the top: seaborn imports pandas, which the library's import does not need
+
         with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
             return draw(*args, **kwargs)
 
@@ -231,6 +232,8 @@ def tsne_panel(ax, emb, labels, names, shown, title: str = "", legend_below: boo
 def _palette(n: int):
     """n distinct colours: seaborn's tab10 up to 10, its evenly spaced husl hues beyond (tab20's
     pairs of light and dark shades are hard to tell apart in a scatter)."""
+    import seaborn as sns
+
     return sns.color_palette("tab10" if n <= 10 else "husl", max(n, 1))
 
 
