@@ -13,6 +13,7 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
     tsne.npz              the t-SNE of those features, keyed by their bytes
     summary.json          headline numbers recorded by the training notebook
     error.txt             why a sweep point failed
+    events/               TensorBoard event files (selfsup.events): `tensorboard --logdir runs`
 
 Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
 pickles, and checkpoints through ``torch.load(weights_only=True)``, so a crafted run folder can
@@ -49,6 +50,7 @@ FEATURES = "features.npz"
 TSNE = "tsne.npz"
 SUMMARY = "summary.json"
 ERROR = "error.txt"
+EVENTS = "events"  # a folder: TensorBoard's event files (selfsup.events)
 LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
 
 
