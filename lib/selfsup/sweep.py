@@ -47,7 +47,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config
+from . import config, plan
 from .config import ConfigError
 from .data import fingerprint, load_dataset
 from .results import RESULT_COLUMNS, RESULTS, run_summary, write_results
@@ -440,6 +440,11 @@ def _run_sweep(sweep: Sweep, root: Path, jobs, progress: bool) -> Path:
             )
         )
 
+    if progress and tasks:  # what the runs will cost, before it is spent (selfsup.plan)
+        todo = {t["slug"] for t in tasks}
+        _log(
+            progress, f"[{sweep.name}] " + plan.sweep_total([p.cfg for p in sweep.points if p.slug in todo], sweep.data)
+        )
     gpus = visible_gpus() if tasks else []
     if jobs is None:
         jobs = max(1, len(gpus))
