@@ -1,7 +1,9 @@
 """TensorBoard event files: the values of metrics.jsonl and eval.json, read back with TensorBoard's
 own reader; the config in the HParams tab; runs side by side; resumes; no tensorboard package."""
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -96,3 +98,22 @@ def test_training_without_tensorboard_warns_and_trains(data, tmp_path, monkeypat
         info = train.train(Config(**TINY_RUN), load_dataset(data), tmp_path / "run", progress=False)
     assert info["status"] == "finished"
     assert not runs.Run(tmp_path / "run").file(runs.EVENTS).exists()
+
+
+def test_tensorboard_shows_a_runs_scalars_in_a_browser(data, tmp_path):
+    """What `make tensorboard` serves, opened in headless Chromium (scripts/check_browser.py); skipped
+    where Chromium or playwright is missing, failed instead under SELFSUP_REQUIRE_BROWSER=1 (CI)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import check_browser
+
+    reason = check_browser.missing()
+    if reason and os.environ.get("SELFSUP_REQUIRE_BROWSER"):
+        pytest.fail(f"SELFSUP_REQUIRE_BROWSER is set: {reason}")
+    if reason:
+        pytest.skip(reason)
+    train.train(Config(**TINY_RUN), load_dataset(data), tmp_path / "runs" / "final", progress=False)
+    with check_browser.chromium() as browser:
+        seen = check_browser.check_tensorboard(
+            browser, tmp_path / "runs", run=f"final/{runs.EVENTS}", screenshot=tmp_path / "tensorboard.png"
+        )
+    assert seen["tag"] == "loss/train" and (tmp_path / "tensorboard.png").stat().st_size > 10_000
