@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 export MPLBACKEND := Agg
 
-.PHONY: setup tex chromium slurm data demo test lint report sweep lab check-browser clean
+.PHONY: setup tex chromium slurm data demo test lint report sweep lab tensorboard check-browser clean
 
 setup: $(VENV)/.installed  ## the virtual environment with torch, Jupyter and the library
 
@@ -46,44 +46,64 @@ data/demo/train.npz: lib/selfsup/demo_data.py
 
 # ---- the workbook pipeline: every notebook executed by papermill, its executed copy under runs/notebooks/
 DATA ?= data/demo
-RUN ?= runs/final
-SWEEP ?= configs/sweeps/demo.yaml
+# The preset: the demo's own on the synthetic demo set (data/demo); on any other DATA (your images) the
+# real-image preset, chosen on 10 Tiny ImageNet classes, because the demo preset, made for 32x32 synthetic
+# shapes, ended below its random-init floor on real 64x64 images. PRESET=... chooses another (say
+# configs/course.yaml on a GPU); the sweep, the final run's folder and the report follow it.
+ON_DEMO_DATA := $(filter $(abspath data/demo),$(abspath $(DATA)))
+PRESET ?= $(if $(ON_DEMO_DATA),configs/demo.yaml,configs/cpu_real.yaml)
+PRESET_NAME := $(basename $(notdir $(PRESET)))
+DEMO_PRESET := $(filter demo,$(PRESET_NAME))
+PRESET_REASON := $(if $(filter file,$(origin PRESET)),$(if $(ON_DEMO_DATA),the demo data's preset,$(DATA) is not the \
+	synthetic demo set (data/demo): the real-image preset),as given)
+RUN ?= $(if $(DEMO_PRESET),runs/final,runs/final_$(PRESET_NAME))
+SWEEP ?= $(if $(DEMO_PRESET),configs/sweeps/demo.yaml,configs/sweeps/real_demo.yaml)
+SWEEP_NAME := $(basename $(notdir $(SWEEP)))
 NB_OUT := runs/notebooks
 # The demo's method comparison (6 epochs, monitored only at the end) and sweep (configs/sweeps/demo.yaml)
 # are shortened versions of configs/demo.yaml, each point with the preset's 3 seeds; the final run uses
-# the preset unchanged. JOBS > 1 trains that many runs at once on cores/JOBS threads each (on a 2-core
+# the preset unchanged. On real images: 4 epochs a method and configs/sweeps/real_demo.yaml, one seed.
+# JOBS > 1 trains that many runs at once on cores/JOBS threads each (on a 2-core
 # machine not faster, measured). The whole demo's time, measured in fresh clones, is in README.md.
-COMPARE_OVERRIDES ?= {epochs: 6, eval_every: 0}
+COMPARE_DEMO := {epochs: 6, eval_every: 0}
+COMPARE_REAL := {epochs: 4, eval_every: 0}
+COMPARE_OVERRIDES ?= $(if $(DEMO_PRESET),$(COMPARE_DEMO),$(COMPARE_REAL))
 JOBS ?= 1
 COMPARE_EVAL ?= {table: false}
+# The report reads the comparison of PRESET (runs/compare_<preset>) when there is one, else the newest; every
+# sweep in runs/, except on other data than the demo set once the real-image demo's sweep has run: that one.
+COMPARE = $(if $(wildcard runs/compare_$(PRESET_NAME)/results.csv),compare_$(PRESET_NAME))
+REPORT_SWEEPS = $(if $(ON_DEMO_DATA),,$(if $(wildcard runs/$(SWEEP_NAME)/results.csv),$(SWEEP_NAME)))
 define EXPORT_REPORT
 @mkdir -p $(NB_OUT)
-$(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data_dir $(DATA) -p final_run $(RUN)
+$(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data_dir $(DATA) -p final_run $(RUN) \
+	$(if $(COMPARE),-p compare $(COMPARE)) $(if $(REPORT_SWEEPS),-p sweeps $(REPORT_SWEEPS))
 cp reports/report.ipynb $(NB_OUT)/05_report.ipynb
 endef
 # --log-output streams the cells' output (sweep lines, training progress) to the terminal.
 PAPERMILL := $(BIN)/papermill --kernel python3 --log-output
 
-demo: setup tex data  ## the whole pipeline on the demo data -> figures/Figure1-3.png, reports/report.{html,pdf,md}
+demo: setup tex data  ## the whole pipeline on DATA (default the demo data) -> figures/Figure1-3.png, reports/report.{html,pdf,md}
 	@mkdir -p $(NB_OUT)
-	@echo "== [1/6] $$(date +%T) methods compared: SimCLR, BYOL, Barlow Twins, VICReg (3 seeds each) -> runs/compare_demo/"
+	@echo "== preset $(PRESET): $(PRESET_REASON); PRESET=... for another"
+	@echo "== [1/6] $$(date +%T) methods compared: SimCLR, BYOL, Barlow Twins, VICReg -> runs/compare_$(PRESET_NAME)/"
 	$(PAPERMILL) notebooks/01_compare_methods.ipynb $(NB_OUT)/01_compare_methods.ipynb \
-		-p config_path configs/demo.yaml -p data_dir $(DATA) -y 'overrides: $(COMPARE_OVERRIDES)' \
+		-p config_path $(PRESET) -p data_dir $(DATA) -y 'overrides: $(COMPARE_OVERRIDES)' \
 		-y 'eval_options: $(COMPARE_EVAL)' -p jobs $(JOBS)
-	@echo "== [2/6] $$(date +%T) ablation sweep $(SWEEP) (3 seeds a point) -> runs/demo/"
+	@echo "== [2/6] $$(date +%T) ablation sweep $(SWEEP) -> runs/$(SWEEP_NAME)/"
 	$(BIN)/selfsup sweep $(SWEEP) --data $(DATA) --jobs $(JOBS)
 	@echo "== [3/6] $$(date +%T) ablation tables and plots"
-	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb
-	@echo "== [4/6] $$(date +%T) final run: configs/demo.yaml -> $(RUN)/"
+	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb $(if $(REPORT_SWEEPS),-p sweeps $(REPORT_SWEEPS))
+	@echo "== [4/6] $$(date +%T) final run: $(PRESET) -> $(RUN)/"
 	$(PAPERMILL) notebooks/03_train.ipynb $(NB_OUT)/03_train.ipynb \
-		-p preset configs/demo.yaml -p data_dir $(DATA) -p run_dir $(RUN) -p resume True
+		-p preset $(PRESET) -p data_dir $(DATA) -p run_dir $(RUN) -p resume True
 	@echo "== [5/6] $$(date +%T) evaluation and Figures 1-3 -> figures/"
 	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data_dir $(DATA)
 	@echo "== [6/6] $$(date +%T) report -> reports/report.{html,pdf,md}"
 	$(EXPORT_REPORT)
 	@echo "$$(date +%T) done: figures/Figure1-3.png, reports/report.html, reports/report.pdf, reports/report.md"
 
-report: setup  ## export notebooks/05_report.ipynb (results of DATA, RUN and runs/) -> reports/report.{html,pdf,md}
+report: setup  ## export notebooks/05_report.ipynb (results of DATA, PRESET, RUN and runs/) -> reports/report.{html,pdf,md}
 	$(EXPORT_REPORT)
 
 sweep: setup  ## run a sweep file, resumable:  make sweep SWEEP=configs/sweeps/course_temperature.yaml [DATA=data/course]
@@ -103,6 +123,13 @@ lint: setup  ## ruff: lint and format check of lib/, tests/, benchmarks/, script
 LAB_ARGS ?=
 lab: setup  ## JupyterLab on 127.0.0.1 for the notebooks and the explorer (root-safe)
 	$(BIN)/jupyter lab --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# TensorBoard over every run folder's events/ (losses, lr, k-NN monitor, images/s, the evaluation; the
+# config in the HParams tab), every run and sweep point side by side; bound to 127.0.0.1 as make lab.
+# More options: make tensorboard TB_ARGS='--port 6007'
+TB_ARGS ?=
+tensorboard: setup  ## TensorBoard on 127.0.0.1:6006 over runs/ (every run's curves and config side by side)
+	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 $(TB_ARGS)
 
 # Headless Chromium driven by Playwright: reports/report.html from disk with networking off, and
 # notebook 04 run in a JupyterLab started on 127.0.0.1, where another image is chosen in the explorer.

@@ -517,6 +517,56 @@ def check_explorer(browser, ws: dict, workdir, screens=None, timeout: float = 90
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# (c) TensorBoard over run folders (what `make tensorboard` serves)
+
+
+@contextlib.contextmanager
+def tensorboard(logdir, timeout: float = 60):
+    """TensorBoard on 127.0.0.1 (a free port) over logdir, as `make tensorboard` starts it; yields its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd + ["--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/data/runs", timeout=5) as r:
+                    if json.loads(r.read()):  # the runs are loaded
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise CheckFailed(f"tensorboard did not serve {logdir}: {proc.stderr.read().decode()[-500:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def check_tensorboard(browser, logdir, run: str, tag: str = "loss/train", screenshot=None, timeout: float = 90) -> dict:
+    """Open TensorBoard's scalars in the browser and wait until the run's name and a card for `tag`
+    are shown; returns what was seen. Raises CheckFailed otherwise."""
+    with tensorboard(logdir) as url:
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            page.goto(f"{url}/#timeseries", wait_until="load", timeout=timeout * 1000)
+            for text in (run, tag):
+                try:
+                    page.get_by_text(text, exact=True).first.wait_for(timeout=timeout * 1000)
+                except Exception:  # playwright's TimeoutError
+                    raise CheckFailed(f"TensorBoard at {url} does not show {text!r} for {logdir}") from None
+            if screenshot:
+                page.screenshot(path=str(screenshot))
+            return dict(url=url, run=run, tag=tag, errors=errors)
+        finally:
+            page.close()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(

@@ -25,10 +25,27 @@ FORBIDDEN = {
     ("cluster", "train"),
     ("runs", "cluster"),
     ("train", "cluster"),
+    # plan sits above train (it builds and steps the run as training does); nothing below it plans.
+    *((m, "plan") for m in ("runs", "train", "evaluate", "events")),
+    # events sits just above runs: training and evaluation write through it, it knows neither.
+    *(("events", m) for m in ("train", "evaluate", "sweep")),
     *((m, "cli") for m in MODULES),
     *(
         (m, "report")
-        for m in ("train", "evaluate", "sweep", "runs", "workbook", "display", "plots", "knn", "probe", "cluster")
+        for m in (
+            "train",
+            "evaluate",
+            "sweep",
+            "runs",
+            "workbook",
+            "display",
+            "plots",
+            "knn",
+            "probe",
+            "cluster",
+            "plan",
+            "events",
+        )
     ),
 }
 

@@ -5,6 +5,7 @@
     selfsup data download tiny-imagenet [DEST] --id-classes .. --ood-classes ..   download + convert
     selfsup data info DIR
     selfsup train --config FILE --data DIR --run-dir DIR [--set key=value ...] [--resume] [--eval]
+    selfsup plan --config FILE --data DIR [--set key=value ...]   time, memory and the batch that fits
     torchrun --nproc-per-node N -m selfsup.cli train ...   the same, data-parallel over N processes
     selfsup train ... --executor slurm --nodes N --gpus-per-node G [--cluster KEY=VALUE ...] [--detach]
     selfsup eval --run-dir DIR --data DIR
@@ -12,7 +13,8 @@
     selfsup sweep FILE --executor slurm [--cluster KEY=VALUE ...] [--detach]   (--status: where each run is)
     selfsup report [--notebook notebooks/05_report.ipynb] [--out reports]
 
-Every input problem ends in one line on stderr naming the file or key, and exit status 2.
+Every input problem ends in one line on stderr naming the file or key, and exit status 2
+(`selfsup plan` exits 1 when the configured batch does not fit).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from . import (
     cluster,
     config,
@@ -33,6 +37,7 @@ from . import (
     evaluate,
     imagefolder,
     pipeline,
+    plan,
     results,
     runs,
     sweep,
@@ -119,13 +124,30 @@ def _train(args):
         return code
     cfg = config.load(args.config, config.parse_overrides(args.set))
     ds = data.load_dataset(args.data)
-    out = pipeline.run(
-        cfg, ds, args.run_dir, data_dir=args.data, evaluate=args.eval, resume=args.resume, progress=not args.no_progress
-    )
+    try:
+        out = pipeline.run(
+            cfg,
+            ds,
+            args.run_dir,
+            data_dir=args.data,
+            evaluate=args.eval,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except torch.cuda.OutOfMemoryError as e:
+        command = plan.plan_command(args.config, args.data, args.set)
+        raise RunError(f"{args.run_dir}: {plan.out_of_memory_message(e, cfg.batch_size, command)}") from None
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, not one per process
         print(json.dumps(out["info"].get("final", {})))
         if out["eval"] is not None:
             print(json.dumps(out["eval"]["summary"], indent=2))
+
+
+def _plan(args):
+    cfg = config.load(args.config, config.parse_overrides(args.set))
+    estimate = plan.estimate(cfg, data.load_dataset(args.data), steps=args.steps, warmup=args.warmup)
+    print(estimate)
+    return 0 if estimate.fits else 1
 
 
 def _eval(args):
@@ -285,23 +307,34 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detach", action="store_true", help="--executor slurm: submit, print the job id, and exit")
 
 
+PLAN_HELP = (
+    "time a few real steps and a monitoring pass of a run, writing nothing: images/s, epoch and run time, "
+    "peak memory, parameters, and the largest batch that fits when the configured one does not"
+)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selfsup", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     _data_parser(sub)
 
-    t = sub.add_parser("train", help="train one self-supervised run")
-    t.add_argument("--config", required=True, help="a preset YAML, e.g. configs/demo.yaml")
-    t.add_argument("--data", required=True, help="folder with train.npz, val.npz [, ood.npz]")
-    t.add_argument("--run-dir", required=True)
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    t.add_argument("--eval", action="store_true", help="then evaluate it, as `selfsup eval` does (eval.json)")
-    t.add_argument("--no-progress", action="store_true")
-    _executor_options(t)
+    for name in ("train", "plan"):  # plan takes train's arguments, so a train command line can be planned
+        t = sub.add_parser(name, help=PLAN_HELP if name == "plan" else "train one self-supervised run")
+        t.add_argument("--config", required=True, help="a preset YAML, e.g. configs/demo.yaml")
+        t.add_argument("--data", required=True, help="folder with train.npz, val.npz [, ood.npz]")
+        t.add_argument("--run-dir", required=name == "train", help="(plan: accepted, nothing is written)")
+        t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+        t.add_argument("--eval", action="store_true", help="then evaluate it, as `selfsup eval` does (eval.json)")
+        t.add_argument("--no-progress", action="store_true")
+        t.set_defaults(fn=_train)
+    _executor_options(t := sub.choices["train"])
     t.add_argument("--nodes", type=int, default=1, help="--executor slurm: nodes for this run (default 1)")
     t.add_argument("--gpus-per-node", type=int, default=0, help="--executor slurm: GPUs (= processes) a node")
-    t.set_defaults(fn=_train)
+    t = sub.choices["plan"]
+    t.add_argument("--steps", type=int, default=5, help="timed optimisation steps (default 5)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default 2)")
+    t.set_defaults(fn=_plan)
 
     e = sub.add_parser("eval", help="k-NN and linear probes in- and out-of-distribution -> eval.json")
     e.add_argument("--run-dir", required=True)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from . import events
 from .data import OOD_MIN_IMAGES, load_dataset, ood_split
 from .features import accuracy, default_device, extract_features, project, to_numpy
 from .knn import _knn_multi, knn_neighbors, knn_predict
@@ -382,6 +383,7 @@ def evaluate_run(
         seconds=time.perf_counter() - t0,
     )
     run.write_eval(result, features=arrays)
+    events.write_eval(run, result["summary"], step=cfg.epochs)  # TensorBoard: the headline accuracies
     return result
 
 

@@ -14,6 +14,7 @@ A run folder, written by `selfsup train` (selfsup.train) and read by everything 
     tsne.npz              the t-SNE of those features, keyed by their bytes
     error.txt             why a sweep point failed
     job.json              the SLURM job that runs it (selfsup.cluster): job id, log files, result file
+    events/               TensorBoard event files (selfsup.events): `tensorboard --logdir runs`
 
 Every read of a file that came from somewhere else is safe: JSON, safetensors, NPZ without
 pickles, and checkpoints through ``torch.load(weights_only=True)``, so a crafted run folder can
@@ -48,10 +49,12 @@ FEATURES = "features.npz"
 TSNE = "tsne.npz"
 ERROR = "error.txt"
 JOB = "job.json"
+EVENTS = "events"  # a folder: TensorBoard's event files (selfsup.events)
 LOCK = ".lock"  # held by the one process writing the folder (a sweep folder has one too)
 # Every name a run writes into its folder (and their temporaries, NAME.tmp, features.tmp.npz and
 # tsne.tmp.npz): a folder holding anything else is not a run, and nothing may clear it.
-RUN_FILES = (CONFIG, RUN_INFO, METRICS, CHECKPOINT, ENCODER, EVAL, FEATURES, TSNE, ERROR, LOCK)
+RUN_FILES = (CONFIG, RUN_INFO, METRICS, CHECKPOINT, ENCODER, EVAL, FEATURES, TSNE, ERROR, JOB, LOCK)
+RUN_FOLDERS = (EVENTS,)  # and these folders (not links) of files it writes
 
 
 class RunError(RuntimeError):
@@ -210,7 +213,10 @@ class Run:
         `also`: the executed notebook of a sweep point), sorted: what makes it not (only) a run."""
         own = {*RUN_FILES, *also, "features.tmp.npz", "tsne.tmp.npz"}
         return sorted(
-            f.name for f in self.path.iterdir() if not (f.is_file() and own & {f.name, f.name.removesuffix(".tmp")})
+            f.name
+            for f in self.path.iterdir()
+            if not (f.is_file() and own & {f.name, f.name.removesuffix(".tmp")})
+            and not (f.name in RUN_FOLDERS and f.is_dir() and not f.is_symlink())
         )
 
     def require_finished(self) -> dict:

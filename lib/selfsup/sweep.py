@@ -48,7 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cluster, config, launch
+from . import cluster, config, launch, plan
 from .config import ConfigError
 from .data import fingerprint, load_dataset
 from .results import RESULTS, run_summary, write_results
@@ -389,6 +389,11 @@ def _run_sweep(sweep: Sweep, jobs, progress: bool, slurm=None) -> list[dict]:
             _log(progress, f"[{sweep.name}] {p.slug}: finished earlier, skipped")
             continue
         tasks.append(dict(slug=p.slug, run_dir=str(p.run_dir), state=state, **_execution(sweep, p, state)))
+    if progress and tasks and not slurm:  # what the runs will cost, before it is spent (selfsup.plan)
+        todo = {t["slug"] for t in tasks}
+        _log(
+            progress, f"[{sweep.name}] " + plan.sweep_total([p.cfg for p in sweep.points if p.slug in todo], sweep.data)
+        )
     if slurm:  # one SLURM job array, each task running launch.execute_point on a node
         outcomes = cluster.run_array(tasks, launch.execute_point, sweep.root, sweep.name, **slurm)
     else:

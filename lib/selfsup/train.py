@@ -29,6 +29,7 @@ from . import distributed as dist
 from .augment import TwoViews
 from .config import Config, ConfigError
 from .data import Dataset, fingerprint
+from .events import Events
 from .features import autocast_dtype, extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
@@ -399,6 +400,7 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
     )
     s.model.train()
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    events = Events(run, cfg, start_epoch, enabled=lead)  # TensorBoard: the metrics rows, as they are written
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
@@ -452,14 +454,17 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
                 )
             history.append(record)
             run.append_metrics(record)
+            events.epoch(record)
             if checkpoint:  # a kill between these two writes: the resume rebuilds metrics from the checkpoint
                 run.save_checkpoint(training_state(parts, identity, cfg, epoch + 1, elapsed, history))
         bar.close()
+        events.close()
         finished = end_epoch == cfg.epochs
         if finished and lead:
             run.save_encoder(s.model.encoder)
     except Exception as e:  # any failure: run.json says so (then the error goes on up)
         bar.close()
+        events.close()
         if lead:
             _mark_failed(run, run_info, e)
         raise
