@@ -105,10 +105,11 @@ def test_resume_on_another_device_type_is_refused_before_anything_is_written(tin
     assert state["device_type"] == "cpu"
     state["device_type"] = "cuda"  # as if written on a GPU box
     torch.save(state, run / "checkpoint.pt")
-    before = {f.name: f.read_bytes() for f in run.iterdir() if f.name != ".lock"}
+    files = lambda: {f.relative_to(run): f.read_bytes() for f in run.rglob("*") if f.is_file() and f.name != ".lock"}  # noqa: E731
+    before = files()
     with pytest.raises(RunError, match="was written on cuda, this run is on cpu"):
         train.train(cfg, ds, run, resume=True, progress=False)
-    assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != ".lock"} == before
+    assert files() == before  # the event files (events/) included
 
 
 def test_deterministic_run_sets_cublas_first_and_restores_the_previous_state(tiny, tmp_path, monkeypatch):
