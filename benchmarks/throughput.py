@@ -47,7 +47,7 @@ import torch
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 
-from selfsup import augment, pixels, train
+from selfsup import augment, pixels, plan, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.runs import environment as run_environment
 from selfsup.train import images_to_device
@@ -283,17 +283,8 @@ def train_step(cfg, batches, device, n_images):
     target): the benchmark times the loop's own step."""
     s = train.build(cfg, n_images, device)
     s.model.train()
-    done = 0
-
-    def step():
-        nonlocal done
-        v1, v2 = next(batches)
-        s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
-        s.sched.step()
-        done += 1
-        s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
-
-    return step
+    step = plan.stepper(s)  # the step selfsup plan times
+    return lambda: step(*next(batches))
 
 
 # ---------------------------------------------------------------------------------------------
