@@ -70,14 +70,18 @@ COMPARE_REAL := {epochs: 4, eval_every: 0}
 COMPARE_OVERRIDES ?= $(if $(DEMO_PRESET),$(COMPARE_DEMO),$(COMPARE_REAL))
 JOBS ?= 1
 COMPARE_EVAL ?= {table: false}
-# The report reads the comparison of PRESET (runs/compare_<preset>) when there is one, else the newest; every
-# sweep in runs/, except on other data than the demo set once the real-image demo's sweep has run: that one.
-COMPARE = $(if $(wildcard runs/compare_$(PRESET_NAME)/results.csv),compare_$(PRESET_NAME))
+# The report's comparison and sweeps. make demo names those it ran: the comparison of PRESET and, on other
+# data than the demo set, only its own sweep (not the demo data's). make report finds them: the comparison of
+# PRESET when there is one (else the newest), and every sweep in runs/ unless, on other data, the
+# real-image demo's sweep has run. (A recipe is expanded before it runs: make demo cannot look.)
+DEMO_SWEEPS := $(if $(ON_DEMO_DATA),,$(SWEEP_NAME))
+REPORT_COMPARE = $(if $(wildcard runs/compare_$(PRESET_NAME)/results.csv),compare_$(PRESET_NAME))
 REPORT_SWEEPS = $(if $(ON_DEMO_DATA),,$(if $(wildcard runs/$(SWEEP_NAME)/results.csv),$(SWEEP_NAME)))
+# $(call EXPORT_REPORT,comparison,sweep): either may be empty
 define EXPORT_REPORT
 @mkdir -p $(NB_OUT)
 $(BIN)/selfsup report --notebook notebooks/05_report.ipynb --out reports -p data_dir $(DATA) -p final_run $(RUN) \
-	$(if $(COMPARE),-p compare $(COMPARE)) $(if $(REPORT_SWEEPS),-p sweeps $(REPORT_SWEEPS))
+	$(if $(1),-p compare $(1)) $(if $(2),-p sweeps $(2))
 cp reports/report.ipynb $(NB_OUT)/05_report.ipynb
 endef
 # --log-output streams the cells' output (sweep lines, training progress) to the terminal.
@@ -93,18 +97,18 @@ demo: setup tex data  ## the whole pipeline on DATA (default the demo data) -> f
 	@echo "== [2/6] $$(date +%T) ablation sweep $(SWEEP) -> runs/$(SWEEP_NAME)/"
 	$(BIN)/selfsup sweep $(SWEEP) --data $(DATA) --jobs $(JOBS)
 	@echo "== [3/6] $$(date +%T) ablation tables and plots"
-	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb $(if $(REPORT_SWEEPS),-p sweeps $(REPORT_SWEEPS))
+	$(PAPERMILL) notebooks/02_ablations.ipynb $(NB_OUT)/02_ablations.ipynb $(if $(DEMO_SWEEPS),-p sweeps $(DEMO_SWEEPS))
 	@echo "== [4/6] $$(date +%T) final run: $(PRESET) -> $(RUN)/"
 	$(PAPERMILL) notebooks/03_train.ipynb $(NB_OUT)/03_train.ipynb \
 		-p preset $(PRESET) -p data_dir $(DATA) -p run_dir $(RUN) -p resume True
 	@echo "== [5/6] $$(date +%T) evaluation and Figures 1-3 -> figures/"
 	$(PAPERMILL) notebooks/04_evaluate.ipynb $(NB_OUT)/04_evaluate.ipynb -p run_dir $(RUN) -p data_dir $(DATA)
 	@echo "== [6/6] $$(date +%T) report -> reports/report.{html,pdf,md}"
-	$(EXPORT_REPORT)
+	$(call EXPORT_REPORT,compare_$(PRESET_NAME),$(DEMO_SWEEPS))
 	@echo "$$(date +%T) done: figures/Figure1-3.png, reports/report.html, reports/report.pdf, reports/report.md"
 
 report: setup  ## export notebooks/05_report.ipynb (results of DATA, PRESET, RUN and runs/) -> reports/report.{html,pdf,md}
-	$(EXPORT_REPORT)
+	$(call EXPORT_REPORT,$(REPORT_COMPARE),$(REPORT_SWEEPS))
 
 sweep: setup  ## run a sweep file, resumable:  make sweep SWEEP=configs/sweeps/course_temperature.yaml [DATA=data/course]
 	$(BIN)/selfsup sweep $(SWEEP) $(if $(filter command line,$(origin DATA)),--data $(DATA))

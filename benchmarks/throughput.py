@@ -55,7 +55,7 @@ import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from selfsup import augment, config, pixels, train
+from selfsup import augment, config, pixels, plan, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.provenance import environment as run_environment
 from selfsup.train import images_to_device
@@ -307,15 +307,10 @@ def train_step(cfg, batches, device, n_images):
     target): the benchmark times the loop's own step."""
     s = train.build(cfg, n_images, device)
     s.model.train()
-    done = 0
+    stepper = plan.stepper(s)  # the step selfsup plan times
 
     def step():
-        nonlocal done
-        v1, v2 = next(batches)
-        s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
-        s.sched.step()
-        done += 1
-        s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
+        stepper(*next(batches))
 
     def count_flops() -> float:
         """One step under torch's FLOP counter: the matmul and convolution FLOPs of the forward and

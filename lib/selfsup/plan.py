@@ -222,6 +222,7 @@ def _timed(cfg: Config, n: int, device, train_x, steps: int, warmup: int) -> tup
         torch.cuda.reset_peak_memory_stats(device)
     s = train.build(cfg, n, device)
     s.model.train()
+    step = stepper(s)
     gen = torch.Generator(device).manual_seed(cfg.seed)
     perm = torch.randperm(n, device=device, generator=gen)
     batches = max(s.steps_per_epoch, 1)
@@ -230,12 +231,25 @@ def _timed(cfg: Config, n: int, device, train_x, steps: int, warmup: int) -> tup
             _sync(device)
             start = time.perf_counter()
         batch = perm[(i % batches) * cfg.batch_size : (i % batches + 1) * cfg.batch_size]
-        v1, v2 = s.aug(train_x[batch], generator=gen)
-        loss = s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
-        s.sched.step()
-        s.model.step_target(min((i + 1) / max(s.total_steps, 1), 1.0))
+        loss = step(*s.aug(train_x[batch], generator=gen))
     loss.item()  # waits for the device, as the loop's end-of-epoch loss does
     return s, (time.perf_counter() - start) / steps
+
+
+def stepper(s: train.Setup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A function doing the loop's optimisation step on two views per call (Setup.step in the run's
+    memory format, then the schedule and BYOL's target), for timing it (here, benchmarks/throughput.py)."""
+    done = 0
+
+    def step(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        loss = s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
+        s.sched.step()
+        done += 1
+        s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
+        return loss
+
+    return step
 
 
 def _fits(cfg: Config, n: int, device, train_x) -> bool:
