@@ -73,9 +73,7 @@ def run_cli(args, tmp) -> tuple[int, str]:
 
 
 def copy_run(src: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for f in src.iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(src, dest)  # the event files' folder (events/) too
     return dest
 
 
@@ -526,7 +524,7 @@ def evaluated(tiny):
 
 
 def files_of(folder: Path) -> dict:
-    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def run_process(args, tmp, prefix=(), preexec_fn=None) -> tuple[int, str, str]:
@@ -595,7 +593,8 @@ READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift &&
 # argv: the folder, its size, source, then the command.
 FULL_DISK = (
     'd=$1 && mount -t tmpfs -o size="$2" tmpfs "$d" && cp -a "$3"/. "$d"/ && shift 3 && '
-    '"$@"; rc=$?; cd "$d" && echo "== files" && ls -A && echo "== sums" && md5sum * && exit $rc'
+    '"$@"; rc=$?; cd "$d" && echo "== files" && find . -type f -printf "%P\\n" && echo "== sums" && '
+    'find . -type f -printf "%P\\0" | xargs -0 md5sum && exit $rc'
 )
 
 

@@ -2,6 +2,7 @@
 following the intervals, and per-seed resume of a real sweep."""
 
 import math
+import shutil
 
 import pytest
 
@@ -176,8 +177,8 @@ def test_each_seed_resumes_on_its_own(tmp_path, monkeypatch):
     assert Run(seed0).status == Run(seed1).status == "finished"
     assert Run(seed0).config().seed == 0 and Run(seed1).config().seed == 1
     # seed 1 failed: its folder holds only the failure (as a failing notebook leaves it)
-    for f in seed1.iterdir():
-        f.unlink()
+    shutil.rmtree(seed1)
+    seed1.mkdir()
     Run(seed1).write_error("RuntimeError: simulated failure")
     watched = {f: f.stat().st_mtime_ns for f in seed0.iterdir() if f.is_file()}
     returned = sweep.run_sweep(spec, runs_root=runs, progress=False)

@@ -154,7 +154,11 @@ def estimate(cfg: Config, dataset: Dataset, device=None, steps: int = 5, warmup:
         raise ConfigError(f"plan: {steps} timed and {warmup} warm-up steps; expected at least 1 and 0")
     train._check_inputs(cfg, dataset)  # the same one-line errors as `selfsup train`, before any work
     device = torch.device(device) if device is not None else train.resolve_device(cfg)
-    train.configure_backends(cfg, device)
+    with train.configured_backends(cfg, device):  # as training sets them, and back as they were after
+        return _estimate(cfg, dataset, device, steps, warmup)
+
+
+def _estimate(cfg: Config, dataset: Dataset, device: torch.device, steps: int, warmup: int) -> Estimate:
     n = len(dataset.train.images)
     train_x = train.images_to_device(dataset.train.images, device)  # (N, 3, H, W) uint8, as the loop holds it
     val_x = train.images_to_device(dataset.val.images, device)
