@@ -47,7 +47,7 @@ import torch
 import torchvision.transforms.v2 as v2
 from torch.utils.data import DataLoader
 
-from selfsup import augment, pixels, train
+from selfsup import augment, pixels, prefetch, train
 from selfsup.config import BACKBONES, METHODS, RECIPES, STEMS, Config
 from selfsup.runs import environment as run_environment
 from selfsup.train import images_to_device
@@ -288,7 +288,7 @@ def train_step(cfg, batches, device, n_images):
     def step():
         nonlocal done
         v1, v2 = next(batches)
-        s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
+        s.step(*(prefetch.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
         s.sched.step()
         done += 1
         s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
