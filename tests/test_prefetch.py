@@ -52,10 +52,14 @@ def test_each_image_draws_its_own_views_when_prefetched(images):
     assert not any(torch.equal(v1[j], v2[j]) for j in range(BATCH))
 
 
-def test_the_worker_thread_count_stays_in_the_worker(images):
+def test_the_step_and_the_worker_share_the_threads_for_one_epoch(images):
     before = torch.get_num_threads()
-    all_views(images, "thread", aug_threads=1)
-    assert torch.get_num_threads() == before
+    perm = torch.randperm(N)
+    stream = epoch_views(TwoViews("simclr", 16), images, perm, BATCH, STEPS, 7, mode="thread", aug_threads=1)
+    next(stream)
+    assert torch.get_num_threads() == max(1, before - 1)  # the step's share while the worker runs
+    list(stream)
+    assert torch.get_num_threads() == before  # given back when the epoch ends
 
 
 def test_modes_are_checked():

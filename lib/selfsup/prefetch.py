@@ -12,8 +12,13 @@ How the next batch overlaps the current step (`mode`):
 
 - "thread" (CPU): one worker thread augments step i + 1 while the main thread trains step i.
   Torch ops release the GIL, so the two run on separate cores. The worker runs its ops on
-  `aug_threads` intra-op threads (set in that thread only), so that augmentation and the step
-  do not both ask for every core of a small, shared machine.
+  `aug_threads` intra-op threads and, for the epoch, the step on the caller's thread count less
+  those (at least 1; restored when the epoch ends): together they ask for the cores torch was
+  given and no more. More threads than cores is what collapses a CPU step on a busy machine:
+  OpenMP's threads wait at every barrier for a sibling the OS has descheduled. Measured on 2
+  shared cores (load 6-8, the real-image convnet, batch 128, the set-ups' steps interleaved):
+  step on 1 thread + worker 66.6 img/s, step on 2 threads + worker 38.4, step on 2 threads and
+  no worker (the loop before prefetching) 35.4 (benchmarks/RESULTS.md).
 - "stream" (CUDA): step i + 1's augmentation is queued on a side stream, which the GPU runs
   alongside the step's kernels; the main stream waits for it (an event, no host sync) before
   using the views, and the views' memory is marked as used there (record_stream).
@@ -89,14 +94,19 @@ def epoch_views(
 
 
 def _in_worker_thread(make: Callable[[int], tuple], steps: int, aug_threads: int) -> Iterator[tuple]:
-    # torch.set_num_threads called in the worker sets the OpenMP thread count of that thread's
-    # parallel regions; the main thread keeps its own.
-    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(aug_threads,)) as pool:
-        ahead = pool.submit(make, 0) if steps else None
-        for i in range(steps):
-            current = ahead.result()
-            ahead = pool.submit(make, i + 1) if i + 1 < steps else None
-            yield current
+    # torch.set_num_threads sets the OpenMP thread count of the calling thread's parallel regions:
+    # in the worker its own, here (this generator runs in the training thread) the step's.
+    given = torch.get_num_threads()
+    torch.set_num_threads(max(1, given - aug_threads))
+    try:
+        with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(aug_threads,)) as pool:
+            ahead = pool.submit(make, 0) if steps else None
+            for i in range(steps):
+                current = ahead.result()
+                ahead = pool.submit(make, i + 1) if i + 1 < steps else None
+                yield current
+    finally:
+        torch.set_num_threads(given)
 
 
 def _on_side_stream(make: Callable[[int], tuple], steps: int, device: torch.device) -> Iterator[tuple]:
