@@ -31,6 +31,7 @@ import torch
 from . import train
 from .config import Config, ConfigError
 from .data import Dataset, load_dataset
+from .prefetch import as_channels_last, epoch_views
 from .runs import training_state
 
 OutOfMemory = torch.cuda.OutOfMemoryError
@@ -228,14 +229,14 @@ def _timed(cfg: Config, n: int, device, train_x, steps: int, warmup: int) -> tup
     s.model.train()
     step = stepper(s)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    perm = torch.randperm(n, device=device, generator=gen)
-    batches = max(s.steps_per_epoch, 1)
-    for i in range(warmup + steps):
+    epochs = -(-(warmup + steps) // max(s.steps_per_epoch, 1))  # the data order repeated when more steps are timed
+    perm = torch.cat([torch.randperm(n, device=device, generator=gen)[: s.steps_per_epoch * cfg.batch_size]] * epochs)
+    # the views as the loop makes them: the next step's ahead of time, beside this one (selfsup.prefetch)
+    for i, (v1, v2) in enumerate(epoch_views(s.aug, train_x, perm, cfg.batch_size, warmup + steps, cfg.seed)):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
-        batch = perm[(i % batches) * cfg.batch_size : (i % batches + 1) * cfg.batch_size]
-        loss = step(*s.aug(train_x[batch], generator=gen))
+        loss = step(v1, v2)
     loss.item()  # waits for the device, as the loop's end-of-epoch loss does
     return s, (time.perf_counter() - start) / steps
 
@@ -247,7 +248,7 @@ def stepper(s: train.Setup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
     def step(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         nonlocal done
-        loss = s.step(*(train.as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
+        loss = s.step(*(as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
         s.sched.step()
         done += 1
         s.model.step_target(min(done / max(s.total_steps, 1), 1.0))

@@ -1,13 +1,16 @@
 """The one training loop, shared by every method, preset, notebook and sweep.
 
 The uint8 dataset sits on the device; each step draws a batch by index, augments it there
-(two views, per-image random parameters) and calls `method.loss(v1, v2)`. One torch.Generator
-drives data order and augmentation, so a run is reproducible and resumes exactly.
+(two views, per-image random parameters) and calls `method.loss(v1, v2)`. The next step's views
+are made while this step trains (selfsup.prefetch: a worker thread on the CPU, a side stream on
+CUDA). One torch.Generator, saved in the checkpoint, draws the data order; each step's
+augmentation draws from a generator seeded by (seed, epoch, rank, step), so a run is reproducible
+and resumes exactly whatever was made ahead.
 
 Launched by torchrun with several processes (see selfsup.distributed), the same loop trains with
 DistributedDataParallel: every process draws the same global batch, trains on its share of it with
-its own augmentation generator (re-seeded each epoch from seed, epoch and rank, so a resumed run
-on the same number of processes repeats exactly), and process 0 alone writes the run folder.
+its own augmentation streams (the rank is in their seeds, so a resumed run on the same number of
+processes repeats exactly), and process 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .features import autocast_dtype, extract_features
 from .knn import knn_predict
 from .methods import Method, build_method
 from .optim import make_optimizer, warmup_cosine
+from .prefetch import epoch_views, views
 from .provenance import environment
 from .runs import CHECKPOINT, Run, RunError, first_line, now, restore, training_state
 
@@ -92,7 +96,7 @@ def val_loss(model, aug, val_x, cfg, amp, channels_last) -> float:
     total, n = 0.0, 0
     bs = min(cfg.batch_size, len(val_x))
     for i in range(0, len(val_x) - bs + 1, bs):  # full batches only: the losses depend on B
-        v1, v2 = _views(aug, val_x[i : i + bs], gen, channels_last)
+        v1, v2 = views(aug, val_x[i : i + bs], gen, channels_last)
         with torch.autocast(val_x.device.type, dtype=amp, enabled=amp is not None):
             total += model.loss(v1, v2).item()
         n += 1
@@ -106,15 +110,6 @@ def knn_monitor(model, train_x, train_y, val_x, val_y, k, precision: str = "auto
     pred = knn_predict(f_train, train_y, f_val, k=k)
     model.train()
     return (pred.cpu() == val_y.cpu()).float().mean().item()
-
-
-def _views(aug, x, gen, channels_last):
-    v1, v2 = aug(x, generator=gen)
-    return as_channels_last(v1, v2) if channels_last else (v1, v2)
-
-
-def as_channels_last(*views: torch.Tensor) -> tuple:
-    return tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
 
 
 def optimisation_step(
@@ -358,7 +353,6 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
     knn_x = train_x if len(knn_idx) == n else train_x[torch.from_numpy(knn_idx).to(device)]  # no second copy of all
     knn_y = torch.from_numpy(data.train.labels[knn_idx])
     gen = torch.Generator(device).manual_seed(cfg.seed)  # data order (the same in every process)
-    aug_gen = gen if world == 1 else torch.Generator(device)  # augmentation: one per process
 
     data_id, val_id = fingerprint(data.train), fingerprint(data.val)
     start_epoch, elapsed = 0, 0.0
@@ -405,12 +399,17 @@ def _loop(cfg, data, run, state, device, lead, progress, stop_after) -> dict:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
             perm = torch.randperm(n, device=device, generator=gen)
-            if world > 1:
-                aug_gen.manual_seed(_process_seed(cfg.seed, epoch, dist.rank()))
+            batches = epoch_views(
+                s.aug,
+                train_x,
+                perm,
+                cfg.batch_size,
+                s.steps_per_epoch,
+                _process_seed(cfg.seed, epoch, dist.rank()),
+                s.channels_last,
+            )
             loss_sum = torch.zeros((), device=device)  # summed on device: no host sync per step
-            for i in range(s.steps_per_epoch):
-                batch = dist.shard(perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-                v1, v2 = _views(s.aug, train_x[batch], aug_gen, s.channels_last)
+            for i, (v1, v2) in enumerate(batches):
                 loss = s.step(v1, v2)
                 s.sched.step()
                 s.model.step_target((epoch * s.steps_per_epoch + i + 1) / s.total_steps)
