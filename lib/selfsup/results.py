@@ -204,12 +204,28 @@ def _write_csv(rows: list[dict], columns: list[str], path: Path) -> None:
 
 def write_results(rows: list[dict], keys: list[str], path: Path) -> Path:
     """results.csv (one row per run) and, beside it, summary.csv (one row per point)."""
-    _write_csv(rows, ["point", "seed", "axes", *keys, *RESULT_COLUMNS], path)
+
+    def columns(*names) -> list[str]:  # a swept key that is also a result column (epochs) appears once
+        return list(dict.fromkeys(names))
+
+    _write_csv(rows, columns("point", "seed", "axes", *keys, *RESULT_COLUMNS), path)
     stats = [f"{m}{suffix}" for m in ACCURACY_COLUMNS for suffix in ("", "_std", "_ci95", "_binom95", "_interval")]
     stats += [f"{m}_gain{suffix}" for m in FLOORED for suffix in ("", "_ci95")]
     _write_csv(
         summarise(rows, keys),
-        ["point", "axes", *keys, "n_seeds", "seeds", "status", "epochs", *stats, "train_loss", "wall_clock_s", "error"],
+        columns(
+            "point",
+            "axes",
+            *keys,
+            "n_seeds",
+            "seeds",
+            "status",
+            "epochs",
+            *stats,
+            "train_loss",
+            "wall_clock_s",
+            "error",
+        ),
         path.parent / SUMMARY_CSV,
     )
     return path
