@@ -25,7 +25,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 alive() {  # alive NAME: the daemon this script started is running
     local pid
     pid=$(cat "$DIR/$1.pid" 2>/dev/null) || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+    # a killed daemon whose parent never reaps it stays a zombie (state Z): kill -0 still succeeds on it
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] \
+        && [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]
 }
 
 install() {
@@ -100,8 +102,9 @@ start() {
     chmod 600 "$DIR/munge/munge.key"
     alive munged || munged --force --key-file="$DIR/munge/munge.key" --socket="$DIR/munge/munge.socket" \
         --pid-file="$DIR/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed"
-    alive slurmctld || slurmctld
-    alive slurmd || slurmd
+    # -c: no job state from an earlier start (a killed test session must not leave jobs holding the node)
+    alive slurmctld || slurmctld -c
+    alive slurmd || slurmd -c
     local host state=""
     host=$(hostname -s)
     for _ in $(seq 60); do
