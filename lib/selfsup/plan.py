@@ -32,7 +32,7 @@ from . import train
 from .config import Config, ConfigError
 from .data import Dataset, load_dataset
 from .prefetch import as_channels_last, epoch_views
-from .runs import training_state
+from .runs import first_line, training_state
 
 OutOfMemory = torch.cuda.OutOfMemoryError
 
@@ -171,7 +171,7 @@ def _estimate(cfg: Config, dataset: Dataset, device: torch.device, steps: int, w
     try:
         s, step_s = _timed(cfg, n, device, train_x, steps, warmup)
     except OutOfMemory as e:
-        oom = _first_line(e)
+        oom = first_line(e)
         _free()
         batch = largest_batch(lambda b: _fits(cfg.replace(batch_size=b), n, device, train_x), cfg.batch_size)
         if batch == 0:
@@ -295,11 +295,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # A sweep's total and the one-line out-of-memory message of `selfsup train`
 
@@ -326,7 +321,7 @@ def sweep_total(configs: list[Config], data, device=None) -> str:
         try:
             est = estimate(group[0], dataset, device=device, steps=3, warmup=1)
         except (ConfigError, RuntimeError) as e:  # RuntimeError: CUDA, including out of memory
-            problems.append(f"{len(group)} not estimated: {_first_line(e)}")
+            problems.append(f"{len(group)} not estimated: {first_line(e)}")
             continue
         total += sum(est.run_s(c.epochs, c.eval_every, c.checkpoint_every) for c in group)
         if not est.fits:
@@ -355,7 +350,7 @@ def out_of_memory_message(e: BaseException, batch_size: int, command: str) -> st
         )
         if (m := re.search(pattern, text))
     ]
-    needed = " ".join(found) or _first_line(e)
+    needed = " ".join(found) or first_line(e)
     return (
         f"CUDA out of memory at batch_size {batch_size} ({needed}); the last checkpoint, if any, is kept. "
         f"`{command}` finds the largest batch that fits"
