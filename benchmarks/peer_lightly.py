@@ -23,9 +23,11 @@ pytorch-lightning are not imported by lightly.loss / lightly.models / lightly.tr
 speed     end-to-end training images/s (augmentation + forward + backward + step, in steady state
           after --warmup steps) and peak memory (PSS of the process tree, DataLoader workers
           included), for the demo convnet (configs/demo.yaml), the real-image convnet
-          (configs/cpu_real.yaml) and ResNet18 (cpu_real with backbone resnet18), selfsup and
-          lightly alternating, --repeats pairs; the load average before each measurement.
-accuracy  --epochs of the real-image preset from the same initial weights, per seed, the arms
+          (configs/cpu_real.yaml) and ResNet18 (cpu_real with backbone resnet18), the --arms
+          (default selfsup, fp32, lightly) in rotating order, --repeats rounds; the load average
+          before each measurement. --busy N runs N other CPU-bound jobs (busy loops) throughout:
+          the shared machine, reproducibly.
+accuracy  --epochs of --preset (the real-image convnet by default) from the same initial weights, per seed, the arms
           alternating; val and OOD 5-NN, with the floor. Arms (--arms): selfsup, lightly, and
           selfsup with one of lightly's differences:
             perview   one forward per view (BatchNorm statistics per view) instead of one over both
@@ -63,7 +65,7 @@ PRESETS = {  # name -> (preset, overrides)
     "real-convnet": ("configs/cpu_real.yaml", {}),
     "resnet18": ("configs/cpu_real.yaml", {"backbone": "resnet18"}),
 }
-ARMS = ("selfsup", "lightly", "perview", "headbn", "peeraug")
+ARMS = ("selfsup", "lightly", "fp32", "perview", "headbn", "peeraug")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +201,8 @@ def selfsup_side(cfg, images: np.ndarray, arm: str, mode: str):
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     preset, overrides = PRESETS[args.preset]
-    cfg = config.load(preset, {**overrides, "seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})})
+    overrides = {**overrides, "seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
+    cfg = config.load(preset, {**overrides, **({"precision": "fp32"} if args.arm == "fp32" else {})})
     ds = data.load_dataset(args.data)
     images = ds.train.images
     if args.arm in ("lightly", "peeraug"):
@@ -280,23 +283,44 @@ def versions() -> dict:
 
 
 def speed(args) -> list[dict]:
-    rows = []
+    rows, arms = [], args.arms.split(",")
+    with busy_jobs(args.busy):
+        for preset in args.presets.split(","):
+            for r in range(args.repeats):
+                for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:  # each arm first once
+                    kw = dict(kind="speed", arm=arm, preset=preset, steps=args.steps, warmup=args.warmup)
+                    rows.append(run_one(args, **kw))
+                    save(args, rows)
+    print(f"\n--busy {args.busy}, --threads {args.threads}: img/s, median of {args.repeats} (ratio to lightly)")
+    print(f"{'backbone':14} " + " ".join(f"{a:>18}" for a in arms) + "   peak MB   load")
     for preset in args.presets.split(","):
-        for r in range(args.repeats):
-            order = ("selfsup", "lightly") if r % 2 == 0 else ("lightly", "selfsup")
-            for arm in order:
-                rows.append(run_one(args, kind="speed", arm=arm, preset=preset, steps=args.steps, warmup=args.warmup))
-                save(args, rows)
-    print(f"\n{'backbone':14} {'selfsup img/s':>14} {'lightly img/s':>14} {'ratio':>6} {'peak MB s/l':>13}  load")
-    for preset in args.presets.split(","):
-        ours = [r for r in rows if r["preset"] == preset and r["arm"] == "selfsup"]
-        peer = [r for r in rows if r["preset"] == preset and r["arm"] == "lightly"]
-        a, b = (statistics.median(r["images_per_sec"] for r in x) for x in (ours, peer))
-        mem = f"{max(r['peak_mb'] for r in ours):.0f}/{max(r['peak_mb'] for r in peer):.0f}"
-        pairs = " ".join(f"{o['images_per_sec'] / p['images_per_sec']:.2f}" for o, p in zip(ours, peer))
-        load = " ".join(r["loadavg_before"] for r in ours + peer)
-        print(f"{preset:14} {a:14.1f} {b:14.1f} {a / b:6.2f} {mem:>13}  {load}  (pairs: {pairs})")
+        mine = {a: [r for r in rows if r["preset"] == preset and r["arm"] == a] for a in arms}
+        ips = {a: statistics.median(r["images_per_sec"] for r in mine[a]) for a in arms}
+        peer = ips.get("lightly")
+        cells = [f"{ips[a]:.1f}" + (f" ({ips[a] / peer:.2f}x)" if peer and a != "lightly" else "") for a in arms]
+        mem = "/".join(f"{max(r['peak_mb'] for r in mine[a]):.0f}" for a in arms)
+        load = " ".join(r["loadavg_before"] for r in rows if r["preset"] == preset)
+        print(f"{preset:14} " + " ".join(f"{c:>18}" for c in cells) + f"   {mem}   {load}")
     return rows
+
+
+class busy_jobs:
+    """n other CPU-bound processes (Python busy loops) while the block runs."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        spin = "import time\nwhile True: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(self.n)]
+        if self.n:
+            time.sleep(10)  # the load average starts to show them
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
 
 
 def accuracy(args) -> list[dict]:
@@ -304,7 +328,7 @@ def accuracy(args) -> list[dict]:
     arms = args.arms.split(",")
     for seed in range(args.seed, args.seed + args.seeds):
         for arm in arms if seed % 2 == 0 else arms[::-1]:
-            rows.append(run_one(args, kind="accuracy", arm=arm, preset="real-convnet", seed=seed, epochs=args.epochs))
+            rows.append(run_one(args, kind="accuracy", arm=arm, preset=args.preset, seed=seed, epochs=args.epochs))
             save(args, rows)
     print(f"\n{'arm':10} {'val 5-NN':>18} {'OOD 5-NN':>18} {'floor val/OOD':>14} {'train s':>8}  (mean, 95% t)")
     for arm in arms:
@@ -339,10 +363,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="lightly's DataLoader workers")
     p.add_argument("--prefetch", default="auto", choices=prefetch.MODES, help="selfsup's next-batch overlap")
     p.add_argument("--presets", default=",".join(PRESETS), help="speed: backbones (" + ",".join(PRESETS) + ")")
-    p.add_argument("--repeats", type=int, default=2, help="speed: pairs per backbone")
+    p.add_argument("--repeats", type=int, default=2, help="speed: rounds per backbone (every arm once a round)")
     p.add_argument("--steps", type=int, default=12, help="speed: timed steps")
     p.add_argument("--warmup", type=int, default=3, help="speed: untimed steps first")
-    p.add_argument("--arms", default="selfsup,lightly", help="accuracy: of " + ",".join(ARMS))
+    arms_help = f"of {','.join(ARMS)} (default: speed selfsup,fp32,lightly; accuracy selfsup,lightly)"
+    p.add_argument("--arms", default="", help=arms_help)
+    p.add_argument("--busy", type=int, default=0, help="speed: other CPU-bound jobs running meanwhile")
     p.add_argument("--epochs", type=int, default=0, help="accuracy: epochs (0: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3, help="accuracy: seeds from --seed")
@@ -350,7 +376,7 @@ def main() -> None:
     # one measurement (used by the two above)
     p.add_argument("--kind", default="speed", choices=("speed", "accuracy"))
     p.add_argument("--arm", default="selfsup", choices=ARMS)
-    p.add_argument("--preset", default="real-convnet", choices=tuple(PRESETS))
+    p.add_argument("--preset", default="real-convnet", choices=tuple(PRESETS), help="accuracy: the backbone")
     args = p.parse_args()
     if not Path(args.data).is_dir():
         sys.exit(f"peer_lightly: --data {args.data}: not a folder (expected train.npz, val.npz, ood.npz)")
@@ -358,6 +384,7 @@ def main() -> None:
         import lightly  # noqa: F401
     except ImportError as e:
         sys.exit(f"peer_lightly: lightly is not importable ({e}); install it as this file's docstring says")
+    args.arms = args.arms or ("selfsup,fp32,lightly" if args.what == "speed" else "selfsup,lightly")
     if args.what == "one":
         print(json.dumps(measure(args)))
     else:

@@ -274,7 +274,7 @@ def test_extract_features_batched_eval_mode_and_layouts():
     enc.train()
     with torch.no_grad():
         enc(torch.randn(8, 3, 16, 16))  # move BN running stats away from their init
-    f = evaluate.extract_features(enc, images, batch_size=10)
+    f = evaluate.extract_features(enc, images, batch_size=10, precision="fp32")  # as the reference below
     assert f.shape == (37, 8) and f.dtype == torch.float32
     assert enc.training  # mode restored
     enc.eval()
@@ -284,7 +284,7 @@ def test_extract_features_batched_eval_mode_and_layouts():
         ref = enc(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
     torch.testing.assert_close(f, ref)
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    torch.testing.assert_close(evaluate.extract_features(enc, nchw, batch_size=64), f)
+    torch.testing.assert_close(evaluate.extract_features(enc, nchw, batch_size=64, precision="fp32"), f)
     assert not enc.training  # an eval-mode encoder stays in eval mode
     with pytest.raises(ValueError, match="uint8"):
         evaluate.extract_features(enc, images.astype(np.float32))

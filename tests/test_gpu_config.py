@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import TINY_RUN, make_tiny
-from selfsup import config, data, evaluate, report, train
+from selfsup import config, data, evaluate, features, report, train
 from selfsup.methods import REGISTRY
 from selfsup.pixels import normalize
 from selfsup.runs import Run, RunError
@@ -172,7 +172,21 @@ def test_auto_precision_never_picks_emulated_bf16(card, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: card["capability"])
     cfg = config.load(None, {**TINY_RUN, "precision": "auto"})
     assert train.amp_dtype(cfg, torch.device("cuda")) == expected
-    assert train.amp_dtype(cfg, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_auto_precision_on_the_cpu_is_bf16_only_with_bf16_matrix_units(units, monkeypatch):
+    """auto on the CPU: bf16 autocast and channels_last where the CPU has AMX, else fp32 and NCHW;
+    an explicit setting wins either way."""
+    monkeypatch.setattr(features, "cpu_bf16_units", lambda: units)
+    cpu = torch.device("cpu")
+    cfg = config.load(None, {**TINY_RUN, "precision": "auto"})
+    assert train.amp_dtype(cfg, cpu) == (torch.bfloat16 if units else None)
+    assert train.use_channels_last(cfg, cpu) is units
+    fp32 = cfg.replace(precision="fp32")
+    assert train.amp_dtype(fp32, cpu) is None and not train.use_channels_last(fp32, cpu)
+    assert train.use_channels_last(fp32.replace(channels_last="on"), cpu)
+    assert not train.use_channels_last(cfg.replace(channels_last="off"), cpu)
 
 
 def test_features_are_extracted_in_the_run_precision(tiny, tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_the_step_and_the_worker_share_the_threads_for_one_epoch(images):
 
 
 def test_modes_are_checked():
-    assert resolve_mode("auto", torch.device("cpu")) == "thread"
+    assert resolve_mode("auto", torch.device("cpu")) == "off"
     with pytest.raises(ValueError, match="prefetch mode: expected one of"):
         resolve_mode("workers", torch.device("cpu"))
     with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -68,9 +68,9 @@ class _Settings:
     # --- system ---
     seed: int = 0
     device: str = "auto"  # auto = cuda if available (LOCAL_RANK's under torchrun), else cpu
-    precision: str = "auto"  # auto = bf16 on cuda where supported (else fp16), fp32 on cpu
+    precision: str = "auto"  # auto = bf16 on cuda where supported (else fp16); cpu: bf16 with AMX, else fp32
     compile: bool = False
-    channels_last: str = "auto"  # auto = on cuda
+    channels_last: str = "auto"  # auto = on cuda, and on cpu in bf16
     fused: str = "auto"  # fused optimizer kernels (SGD, Adam, AdamW); auto = on cuda
     sync_bn: bool = False  # several processes (torchrun): BatchNorm statistics over the global batch
     deterministic: bool = False  # cuDNN deterministic + torch.use_deterministic_algorithms (GPU exact resume)

@@ -71,13 +71,21 @@ def to_numpy(x) -> np.ndarray:
 def autocast_dtype(precision: str, device) -> torch.dtype | None:
     """The autocast dtype of a precision setting ("auto", "bf16", "fp16", "fp32") on `device`
     (None: fp32). auto: bf16 on CUDA cards that compute in bf16 (compute capability 8.0, Ampere,
-    and newer), fp16 with a gradient scaler on older ones (T4, V100 only emulate bf16, slowly),
-    fp32 on CPU (CPU bf16 is slower on most CPUs)."""
+    and newer), fp16 with a gradient scaler on older ones (T4, V100 only emulate bf16, slowly);
+    on the CPU bf16 where it has bf16 matrix units (AMX: Xeon Sapphire Rapids and newer; measured
+    there 1.8-3.3x the fp32 step, benchmarks/RESULTS.md), else fp32 (bf16 is emulated, slower)."""
     if precision == "auto":
         if torch.device(device).type != "cuda":
-            return None
+            return torch.bfloat16 if cpu_bf16_units() else None
         precision = "bf16" if native_bf16() else "fp16"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def cpu_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles), which oneDNN uses for
+    convolutions and matmuls under autocast."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch 2.3+
+    return bool(probe and probe() and torch.backends.mkldnn.is_available())
 
 
 def native_bf16() -> bool:

@@ -14,16 +14,21 @@ How the next batch overlaps the current step (`mode`):
   Torch ops release the GIL, so the two run on separate cores. The worker runs its ops on
   `aug_threads` intra-op threads and, for the epoch, the step on the caller's thread count less
   those (at least 1; restored when the epoch ends): together they ask for the cores torch was
-  given and no more. More threads than cores is what collapses a CPU step on a busy machine:
-  OpenMP's threads wait at every barrier for a sibling the OS has descheduled. Measured on 2
-  shared cores (load 6-8, the real-image convnet, batch 128, the set-ups' steps interleaved):
-  step on 1 thread + worker 66.6 img/s, step on 2 threads + worker 38.4, step on 2 threads and
-  no worker (the loop before prefetching) 35.4 (benchmarks/RESULTS.md).
+  given and no more.
 - "stream" (CUDA): step i + 1's augmentation is queued on a side stream, which the GPU runs
   alongside the step's kernels; the main stream waits for it (an event, no host sync) before
   using the views, and the views' memory is marked as used there (record_stream).
 - "off": one after the other, on the caller's thread and stream.
-- "auto": "stream" on CUDA, "thread" on CPU.
+- "auto": "stream" on CUDA, "off" on the CPU. Measured on 2 cores (benchmarks/RESULTS.md,
+  "Threads and prefetching on the CPU"): the augmentation is a few percent of a CPU step, so
+  what decides the speed is the step's thread count, not the overlap. At equal step threads
+  "off" was as fast as "thread" or faster (quiet: ResNet18 bf16 159 vs 153 img/s, the demo
+  convnet 3034 vs 2412), and "thread" costs the step a core. The thread count is torch's
+  (OMP_NUM_THREADS, torch.set_num_threads): all cores by default, the fastest on a quiet
+  machine; on a busy one fewer threads than cores is faster (2 cores, two other jobs: ResNet18
+  bf16 56 img/s on 1 thread, 37 on 2), because OpenMP's threads wait at every barrier for a
+  sibling the OS has descheduled. A run records its thread count in run.json, and results are
+  bit-exact only at the same count.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def resolve_mode(mode: str, device: torch.device) -> str:
     if mode not in MODES:
         raise ValueError(f"prefetch mode: expected one of {MODES}, got {mode!r}")
     if mode == "auto":
-        return "stream" if device.type == "cuda" else "thread"
+        return "stream" if device.type == "cuda" else "off"
     if mode == "stream" and device.type != "cuda":
         raise ValueError(f"prefetch mode 'stream' needs a CUDA device, got {device}")
     return mode
