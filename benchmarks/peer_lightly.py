@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from selfsup import config, data, evaluate, features, models, pixels, prefetch, train
+from selfsup import config, data, evaluate, features, models, pixels, prefetch, threads, train
 from selfsup.augment import TwoViews
 from selfsup.optim import make_optimizer, warmup_cosine
 
@@ -199,7 +199,10 @@ def selfsup_side(cfg, images: np.ndarray, arm: str, mode: str):
 
 
 def measure(args) -> dict:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif args.arm not in ("lightly", "peeraug"):
+        torch.set_num_threads(threads.chosen(torch.device("cpu")))  # as selfsup.train chooses
     preset, overrides = PRESETS[args.preset]
     overrides = {**overrides, "seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}
     cfg = config.load(preset, {**overrides, **({"precision": "fp32"} if args.arm == "fp32" else {})})
@@ -210,7 +213,9 @@ def measure(args) -> dict:
     else:
         model, batches, step = selfsup_side(cfg, images, args.arm, args.prefetch)
     model.train()
-    out = dict(arm=args.arm, preset=args.preset, seed=args.seed, loadavg_before=loadavg())
+    out = dict(
+        arm=args.arm, preset=args.preset, seed=args.seed, threads=torch.get_num_threads(), loadavg_before=loadavg()
+    )
     if args.kind == "speed":
         from throughput import MemorySampler
 
@@ -235,8 +240,10 @@ def measure(args) -> dict:
 
 
 def knn_scores(encoder, ds) -> dict:
-    """selfsup's course protocols: 5-NN on val (fitted on train), the course OOD 5-NN (80/20)."""
-    f = {s: features.extract_features(encoder, getattr(ds, s).images) for s in ("train", "val", "ood")}
+    """selfsup's course protocols: 5-NN on val (fitted on train), the course OOD 5-NN (80/20), on
+    features extracted in float32 whatever the arm trained in: one evaluator for every arm."""
+    sets = ("train", "val", "ood")
+    f = {s: features.extract_features(encoder, getattr(ds, s).images, precision="fp32") for s in sets}
     val = evaluate.knn_protocols(f["train"], ds.train.labels, f["val"], ds.val.labels, linear=False)
     ood = evaluate.ood_protocol(f["ood"], ds.ood.labels, linear=False)
     encoder.train()
@@ -292,6 +299,7 @@ def speed(args) -> list[dict]:
                     rows.append(run_one(args, **kw))
                     save(args, rows)
     print(f"\n--busy {args.busy}, --threads {args.threads}: img/s, median of {args.repeats} (ratio to lightly)")
+    print("threads: " + ", ".join(f"{a} {sorted({r['threads'] for r in rows if r['arm'] == a})}" for a in arms))
     print(f"{'backbone':14} " + " ".join(f"{a:>18}" for a in arms) + "   peak MB   load")
     for preset in args.presets.split(","):
         mine = {a: [r for r in rows if r["preset"] == preset and r["arm"] == a] for a in arms}
@@ -359,7 +367,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("speed", "accuracy", "one"))
     p.add_argument("--data", required=True, help="a course folder with train.npz, val.npz, ood.npz")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads, main process")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads, main process (0: selfsup's choice, torch's for lightly)"
+    )
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="lightly's DataLoader workers")
     p.add_argument("--prefetch", default="auto", choices=prefetch.MODES, help="selfsup's next-batch overlap")
     p.add_argument("--presets", default=",".join(PRESETS), help="speed: backbones (" + ",".join(PRESETS) + ")")

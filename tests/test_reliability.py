@@ -33,7 +33,7 @@ import yaml
 
 from faults_table import Faults
 from helpers import TINY_PRESET, TINY_RUN, make_tiny
-from selfsup import cli, config, data, train
+from selfsup import cli, config, data, threads, train
 from selfsup.runs import Run, RunError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -408,8 +408,8 @@ def test_kill_after_checkpoint_rename_resumes_to_a_consistent_folder(tiny, tmp_p
         capture_output=True,
         text=True,
         timeout=300,
-        env={**_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())},
-    )  # this process's arithmetic
+        env={**_env(), "OMP_NUM_THREADS": str(threads.chosen(torch.device("cpu")))},
+    )  # the arithmetic of this process's straight run: its thread count
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert [m["epoch"] for m in Run(run).metrics()] == list(range(1, kill_epoch + 1))
     train.train(cfg, ds, run, resume=True, progress=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import submitit
-import torch
 import yaml
 
 from helpers import TINY_PRESET, TINY_RUN, make_tiny
@@ -194,13 +193,9 @@ def test_interrupted_task_is_requeued_and_ends_as_uninterrupted(slurm, tiny, mon
     log = Path(run.job()["stdout"]).read_text()
     assert "Calling checkpoint method" in log and "Requeued job" in log  # submitit's own account
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the task's kernel (cpus_per_task 1)
-    try:
-        cfg = config.load(tiny / "tiny.yaml", {**overrides, "temperature": 0.1, "seed": 0})
-        train.train(cfg, data.load_dataset(tiny / "data"), tiny / "straight", progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setenv("SELFSUP_CPU_THREADS", "1")  # as the task's kernel (cpus_per_task 1)
+    cfg = config.load(tiny / "tiny.yaml", {**overrides, "temperature": 0.1, "seed": 0})
+    train.train(cfg, data.load_dataset(tiny / "data"), tiny / "straight", progress=False)
     keys = ("epoch", "train_loss", "lr", "val_loss", "knn_acc")
     got = [{k: m.get(k) for k in keys} for m in run.metrics()]
     assert got == [{k: m.get(k) for k in keys} for m in Run(tiny / "straight").metrics()]

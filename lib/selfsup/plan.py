@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import train
+from . import threads, train
 from .config import Config, ConfigError
 from .data import Dataset, load_dataset
 from .prefetch import as_channels_last, epoch_views
@@ -155,7 +155,8 @@ def estimate(cfg: Config, dataset: Dataset, device=None, steps: int = 5, warmup:
         raise ConfigError(f"plan: {steps} timed and {warmup} warm-up steps; expected at least 1 and 0")
     train._check_inputs(cfg, dataset)  # the same one-line errors as `selfsup train`, before any work
     device = torch.device(device) if device is not None else train.resolve_device(cfg)
-    with train.configured_backends(cfg, device):  # as training sets them, and back as they were after
+    # as training sets them (backends, the CPU's thread count), and back as they were after
+    with train.configured_backends(cfg, device), threads.for_run(device):
         return _estimate(cfg, dataset, device, steps, warmup)
 
 
@@ -198,7 +199,7 @@ def _estimate(cfg: Config, dataset: Dataset, device: torch.device, steps: int, w
     return Estimate(
         method=cfg.method,
         backbone=cfg.backbone,
-        device=str(device),
+        device=f"{device}, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device),
         precision=str(s.amp).replace("torch.", "") if s.amp else "fp32",
         train_images=n,
         batch_size=cfg.batch_size,

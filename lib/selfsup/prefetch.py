@@ -23,12 +23,8 @@ How the next batch overlaps the current step (`mode`):
   "Threads and prefetching on the CPU"): the augmentation is a few percent of a CPU step, so
   what decides the speed is the step's thread count, not the overlap. At equal step threads
   "off" was as fast as "thread" or faster (quiet: ResNet18 bf16 159 vs 153 img/s, the demo
-  convnet 3034 vs 2412), and "thread" costs the step a core. The thread count is torch's
-  (OMP_NUM_THREADS, torch.set_num_threads): all cores by default, the fastest on a quiet
-  machine; on a busy one fewer threads than cores is faster (2 cores, two other jobs: ResNet18
-  bf16 56 img/s on 1 thread, 37 on 2), because OpenMP's threads wait at every barrier for a
-  sibling the OS has descheduled. A run records its thread count in run.json, and results are
-  bit-exact only at the same count.
+  convnet 3034 vs 2412), and "thread" costs the step a core. The step's thread count is
+  selfsup.threads' choice: the cores other jobs leave free when the run starts.
 """
 
 from __future__ import annotations

@@ -135,8 +135,9 @@ def training_state(parts: dict, identity: dict, cfg: Config, epoch: int, elapsed
     """Everything needed to continue exactly, as plain tensors and data (loadable with
     weights_only=True): the state of each of `parts` (model with BYOL's EMA target, optimizer,
     scheduler, gradient scaler or None, the data-order generator), torch's RNG, the progress, the
-    `identity` a resume must match (config hash, data and val fingerprints, device type) and the
-    metrics rows so far (an epoch's row and its checkpoint are committed together)."""
+    `identity` a resume must match (config hash, data and val fingerprints, device type), the
+    metrics rows so far (an epoch's row and its checkpoint are committed together) and torch's
+    thread count, which a resume on the CPU takes again (selfsup.threads)."""
     state = {
         name: (None if obj is None else obj.get_state() if name == "generator" else obj.state_dict())
         for name, obj in parts.items()
@@ -144,6 +145,7 @@ def training_state(parts: dict, identity: dict, cfg: Config, epoch: int, elapsed
     return dict(
         state,
         torch_rng=torch.get_rng_state(),
+        threads=torch.get_num_threads(),
         epoch=epoch,
         elapsed=elapsed,
         config=cfg.to_dict(),

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as dist
+from . import threads
 from .augment import TwoViews
 from .config import Config, ConfigError
 from .data import Dataset, fingerprint
@@ -333,7 +334,7 @@ def _train(cfg: Config, data: Dataset, run: Run, resume: bool, progress: bool, s
             raise RunError(f"{run.path}: already holds a run ({CHECKPOINT}); pass --resume or choose a new --run-dir")
         state = run.load_checkpoint() if resume else None
         dist.barrier()  # every process has checked the folder before process 0 writes to it
-        with configured_backends(cfg, device):
+        with configured_backends(cfg, device), threads.for_run(device, state and state.get("threads")):
             return _loop(cfg, data, run, state, device, lead, progress, stop_after)
 
 
