@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup import config, plan, runs, train
+from selfsup import config, plan, provenance, runs, train
 from selfsup.data import load_dataset
 
 
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     record = dict(
         command=" ".join(["python"] + sys.argv),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        environment=runs.environment(torch.device(est.device)),
+        environment=provenance.environment(torch.device(est.device)),
         cores=len(os.sched_getaffinity(0)),
         load_average_before=load_before,
         load_average_after=load_after,

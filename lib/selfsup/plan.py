@@ -44,6 +44,7 @@ class Estimate:
     method: str
     backbone: str
     device: str
+    threads: int  # a CPU run's thread count (selfsup.threads' choice); 0 on a GPU
     precision: str
     train_images: int
     batch_size: int  # the configured batch
@@ -111,9 +112,13 @@ class Estimate:
 
     def title(self) -> str:
         return (
-            f"{self.method} {self.backbone} on {self.device} ({self.precision}), {self.train_images} train images, "
+            f"{self.method} {self.backbone} on {self.device}{self._threads()} ({self.precision}), "
+            f"{self.train_images} train images, "
             f"batch {self.batch_size}, {self.epochs} epochs"
         )
+
+    def _threads(self) -> str:
+        return f", {self.threads} thread{'s' if self.threads > 1 else ''}" if self.threads else ""
 
     def __str__(self) -> str:
         width = max(len(k) for k, _ in self.rows())
@@ -199,7 +204,8 @@ def _estimate(cfg: Config, dataset: Dataset, device: torch.device, steps: int, w
     return Estimate(
         method=cfg.method,
         backbone=cfg.backbone,
-        device=f"{device}, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device),
+        device=str(device),
+        threads=torch.get_num_threads() if device.type == "cpu" else 0,
         precision=str(s.amp).replace("torch.", "") if s.amp else "fp32",
         train_images=n,
         batch_size=cfg.batch_size,
