@@ -118,8 +118,8 @@ test: setup tex  ## the test suite (CPU, offline, a few minutes; the browser tes
 
 # The configuration is pyproject.toml's [tool.ruff]; `ruff format lib tests benchmarks scripts` fixes the format.
 LINT_PATHS := lib tests benchmarks scripts
-lint: setup  ## ruff: lint and format check of lib/, tests/, benchmarks/, scripts/ (seconds)
-	$(BIN)/ruff check $(LINT_PATHS)
+lint: setup  ## ruff: lint of lib/, tests/, benchmarks/, scripts/ and notebooks/, format check of all but notebooks (seconds)
+	$(BIN)/ruff check $(LINT_PATHS) notebooks
 	$(BIN)/ruff format --check $(LINT_PATHS)
 
 # JupyterLab bound to 127.0.0.1; as root (containers) with --allow-root, which jupyter otherwise
