@@ -19,8 +19,8 @@ How the next batch overlaps the current step (`mode`):
   alongside the step's kernels; the main stream waits for it (an event, no host sync) before
   using the views, and the views' memory is marked as used there (record_stream).
 - "off": one after the other, on the caller's thread and stream.
-- "auto": "stream" on CUDA, "off" on the CPU. Measured on 2 cores (benchmarks/RESULTS.md,
-  "Threads and prefetching on the CPU"): the augmentation is a few percent of a CPU step, so
+- "auto": "stream" on CUDA, "off" on the CPU. Measured on 2 cores (benchmarks/RESULTS.md, "End
+  to end against lightly", where the speed comes from): the views are a few percent of a CPU step, so
   what decides the speed is the step's thread count, not the overlap. At equal step threads
   "off" was as fast as "thread" or faster (quiet: ResNet18 bf16 159 vs 153 img/s, the demo
   convnet 3034 vs 2412), and "thread" costs the step a core. The step's thread count is
