@@ -65,7 +65,7 @@ PRESETS = {  # name -> (preset, overrides)
     "real-convnet": ("configs/cpu_real.yaml", {}),
     "resnet18": ("configs/cpu_real.yaml", {"backbone": "resnet18"}),
 }
-ARMS = ("selfsup", "lightly", "fp32", "perview", "headbn", "peeraug")
+ARMS = ("selfsup", "lightly", "fp32", "projfp32", "perview", "headbn", "peeraug")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +176,14 @@ def selfsup_side(cfg, images: np.ndarray, arm: str, mode: str):
         s.sched = torch.optim.lr_scheduler.LambdaLR(
             s.opt, warmup_cosine(s.total_steps, round(cfg.warmup_epochs * s.steps_per_epoch), cfg.min_lr_ratio)
         )
+    if arm == "projfp32":  # autocast (bf16) in the backbone only; the projector in fp32
+        backbone_only = simclr.projector.forward
+
+        def projector_fp32(h):
+            with torch.autocast("cpu", enabled=False):
+                return backbone_only(h.float())
+
+        simclr.projector.forward = projector_fp32
     if arm == "perview":
         from selfsup import losses
 

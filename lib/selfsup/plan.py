@@ -239,7 +239,8 @@ def _timed(cfg: Config, n: int, device, train_x, steps: int, warmup: int) -> tup
     epochs = -(-(warmup + steps) // max(s.steps_per_epoch, 1))  # the data order repeated when more steps are timed
     perm = torch.cat([torch.randperm(n, device=device, generator=gen)[: s.steps_per_epoch * cfg.batch_size]] * epochs)
     # the views as the loop makes them: the next step's ahead of time, beside this one (selfsup.prefetch)
-    for i, (v1, v2) in enumerate(epoch_views(s.aug, train_x, perm, cfg.batch_size, warmup + steps, cfg.seed)):
+    views = epoch_views(s.aug, train_x, perm, cfg.batch_size, warmup + steps, cfg.seed, s.channels_last)
+    for i, (v1, v2) in enumerate(views):
         if i == warmup:
             _sync(device)
             start = time.perf_counter()
@@ -255,7 +256,7 @@ def stepper(s: train.Setup) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
 
     def step(v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
         nonlocal done
-        loss = s.step(*(as_channels_last(v1, v2) if s.channels_last else (v1, v2)))
+        loss = s.step(*(as_channels_last(v1, v2) if s.channels_last else (v1, v2)))  # no-op on the loop's views
         s.sched.step()
         done += 1
         s.model.step_target(min(done / max(s.total_steps, 1), 1.0))
