@@ -34,6 +34,8 @@ accuracy  --epochs of --preset (the real-image convnet by default) from the same
             headbn    the projection head ending in BatchNorm1d, as SimCLRProjectionHead
             peeraug   lightly's model and loss fed selfsup's augmentation (what the augmentation
                       alone accounts for: blur truncation, crop antialiasing, jitter clamping)
+          and selfsup's precision: fp32 (precision: fp32), projfp32 (autocast in the backbone only,
+          the projector in fp32; the loss is fp32 in every arm)
 
 Every measurement runs in a fresh process (its own peak memory, no warm caches from the other
 side). Writes JSON (--out) after every measurement and prints a table at the end.
