@@ -44,6 +44,20 @@ def test_a_launcher_the_user_or_the_checkpoint_decides_first(auto):
         threads.chosen(CPU)
 
 
+def test_a_sequential_sweep_chooses_once_for_all_its_points(auto):
+    """Its points are child processes: each would measure the load anew and could train on another
+    count (like another seed); for_children chooses once and hands the count down."""
+    auto.setattr(threads, "free_cores", lambda: 1.2)
+    with threads.for_children() as count:
+        assert count == 1 and os.environ["SELFSUP_CPU_THREADS"] == "1"
+        auto.setattr(threads, "free_cores", lambda: 4.0)  # the load changes during the sweep
+        assert threads.chosen(CPU) == 1
+    assert "SELFSUP_CPU_THREADS" not in os.environ
+    auto.setenv("OMP_NUM_THREADS", "3")  # a launcher's split already decides: left as it is
+    with threads.for_children() as count:
+        assert count is None and "SELFSUP_CPU_THREADS" not in os.environ
+
+
 def test_free_cores_sees_another_busy_process():
     """One busy loop pinned to this process's first core: at most the others stay free."""
     cores = sorted(os.sched_getaffinity(0))

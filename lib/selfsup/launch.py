@@ -69,9 +69,14 @@ def run_points(tasks: list[dict], jobs: int | None = None, log=lambda message: N
     log(f"{len(tasks)} to run, {jobs} at a time")
     outcomes = {}
     if jobs == 1:
-        for t in tasks:
-            log(f"{t['slug']}: {'resuming' if t['state'] == 'resume' else 'running'} ...")
-            outcomes[t["slug"]] = _told(log, execute_point(t))
+        from . import threads  # imports torch
+
+        with threads.for_children() as count:  # one CPU thread count for every point: a fair comparison
+            if count:
+                log(f"CPU runs on {count} threads (the free cores now; resumed points keep theirs)")
+            for t in tasks:
+                log(f"{t['slug']}: {'resuming' if t['state'] == 'resume' else 'running'} ...")
+                outcomes[t["slug"]] = _told(log, execute_point(t))
         return outcomes
     log(f"running {', '.join(t['slug'] for t in tasks)}")
     ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA state

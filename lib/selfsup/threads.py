@@ -15,7 +15,9 @@ torch's count), unless it was told:
 
 Results are bit-exact only at the same thread count, so the count is part of a run's record
 (run.json's environment, the checkpoint). The choice is made once, at the start: a load that comes
-later is not followed.
+later is not followed. A different count also acts like another seed (the same seed ended 3-4
+points of val 5-NN apart at 1 and 2 threads, benchmarks/RESULTS.md), so the runs of one sweep
+share one count: `for_children` chooses it once, when the sweep starts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,22 @@ def for_run(device: torch.device, resumed: int | None = None):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def for_children():
+    """The count chosen once, now, for every run started as a child process in the block (a
+    sequential sweep's notebook kernels), as SELFSUP_CPU_THREADS; the caller's environment after
+    it. Where OMP_NUM_THREADS or SELFSUP_CPU_THREADS is set, that already decides: unchanged."""
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("SELFSUP_CPU_THREADS"):
+        yield None
+        return
+    count = chosen(torch.device("cpu"))
+    os.environ["SELFSUP_CPU_THREADS"] = str(count)
+    try:
+        yield count
+    finally:
+        os.environ.pop("SELFSUP_CPU_THREADS", None)
 
 
 def free_cores(interval: float = 0.5) -> float | None:
