@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from . import threads
 from .runs import Run
 from .workbook import error_text, execute_notebook
 
@@ -37,14 +38,14 @@ def execute_point(task: dict) -> dict:
         return dict(slug=task["slug"], ok=False, error=message.splitlines()[0], seconds=time.perf_counter() - t0)
 
 
-def _init_worker(gpu_queue, threads: int | None) -> None:
+def _init_worker(gpu_queue, split: int | None) -> None:
     """Pool worker setup: pin one GPU per worker (the kernel it starts inherits the environment),
     or split the CPU cores between workers so kernels do not oversubscribe them."""
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
-    if threads:
+    if split:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, str(threads))
+            os.environ.setdefault(var, str(split))
 
 
 def visible_gpus() -> list[str]:
@@ -69,8 +70,6 @@ def run_points(tasks: list[dict], jobs: int | None = None, log=lambda message: N
     log(f"{len(tasks)} to run, {jobs} at a time")
     outcomes = {}
     if jobs == 1:
-        from . import threads  # imports torch
-
         with threads.for_children() as count:  # one CPU thread count for every point: a fair comparison
             if count:
                 log(f"CPU runs on {count} threads (the free cores now; resumed points keep theirs)")
@@ -86,8 +85,8 @@ def run_points(tasks: list[dict], jobs: int | None = None, log=lambda message: N
         gpu_queue = manager.Queue()
         for i in range(jobs):
             gpu_queue.put(gpus[i % len(gpus)])
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue, threads)) as pool:
+    split = None if gpus else max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(gpu_queue, split)) as pool:
         for fut in as_completed([pool.submit(execute_point, t) for t in tasks]):
             out = _told(log, fut.result())
             outcomes[out["slug"]] = out
