@@ -179,11 +179,11 @@ def selfsup_side(cfg, images: np.ndarray, arm: str, mode: str):
             s.opt, warmup_cosine(s.total_steps, round(cfg.warmup_epochs * s.steps_per_epoch), cfg.min_lr_ratio)
         )
     if arm == "projfp32":  # autocast (bf16) in the backbone only; the projector in fp32
-        backbone_only = simclr.projector.forward
+        projector_forward = simclr.projector.forward
 
         def projector_fp32(h):
             with torch.autocast("cpu", enabled=False):
-                return backbone_only(h.float())
+                return projector_forward(h.float())
 
         simclr.projector.forward = projector_fp32
     if arm == "perview":

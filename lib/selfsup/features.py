@@ -73,7 +73,7 @@ def autocast_dtype(precision: str, device) -> torch.dtype | None:
     (None: fp32). auto: bf16 on CUDA cards that compute in bf16 (compute capability 8.0, Ampere,
     and newer), fp16 with a gradient scaler on older ones (T4, V100 only emulate bf16, slowly);
     on the CPU bf16 where it has bf16 matrix units (AMX: Xeon Sapphire Rapids and newer; measured
-    there 1.3-2.2x the fp32 step; val 5-NN after 15 epochs of the real-image convnet -0.6 +- 1.5
+    there 1.1-2.2x the fp32 step; val 5-NN after 15 epochs of the real-image convnet -0.6 +- 1.5
     points against fp32 in 10 seeds, benchmarks/RESULTS.md), else fp32 (emulated bf16 is slower)."""
     if precision == "auto":
         if torch.device(device).type != "cuda":
