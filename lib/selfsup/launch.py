@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import threads
@@ -70,7 +71,7 @@ def run_points(tasks: list[dict], jobs: int | None = None, log=lambda message: N
     log(f"{len(tasks)} to run, {jobs} at a time")
     outcomes = {}
     if jobs == 1:
-        with threads.for_children() as count:  # one CPU thread count for every point: a fair comparison
+        with nullcontext() if gpus else threads.for_children() as count:  # one CPU thread count for every point
             if count:
                 log(f"CPU runs on {count} threads (the free cores now; resumed points keep theirs)")
             for t in tasks:
